@@ -1,0 +1,717 @@
+//  eventbus — a lock-free, in-process event bus for C++20.
+//  Version 0.1.0 — https://github.com/eventbus/eventbus
+//  SPDX-License-Identifier: MIT
+//
+//  One header, read top-down in the order data flows:
+//    configuration -> errors -> context -> wait primitives -> ring buffer
+//
+//  Everything public lives in namespace `eventbus`; internals in `eventbus::detail`.
+
+#ifndef EVENTBUS_EVENTBUS_HPP
+#define EVENTBUS_EVENTBUS_HPP
+
+#define EVENTBUS_VERSION_MAJOR 0
+#define EVENTBUS_VERSION_MINOR 1
+#define EVENTBUS_VERSION_PATCH 0
+
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <concepts>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+#include <intrin.h>
+#endif
+
+namespace eventbus {
+inline namespace v0 {
+
+// configuration ///////////////////////////////////////////////////////////////////////////////////
+
+/// Bytes that must separate two atomics written by different threads so that they never share a
+/// cache line (false sharing). A per-architecture constant rather than
+/// `std::hardware_destructive_interference_size`, whose value may change with compiler flags and
+/// so must not shape an ABI (GCC warns about it with -Winterference-size).
+#if defined(__aarch64__) || defined(_M_ARM64) || defined(__powerpc64__)
+inline constexpr std::size_t cache_line_size = 128;  // Apple M-series lines; POWER lines
+#elif defined(__s390x__)
+inline constexpr std::size_t cache_line_size = 256;
+#else
+inline constexpr std::size_t cache_line_size = 64;  // x86-64 and most others
+#endif
+
+// errors //////////////////////////////////////////////////////////////////////////////////////////
+
+/// Error codes of eventbus, usable as `std::error_code` (`std::error_code ec = errc::closed;`).
+/// The hot path reports failures through these; it never throws.
+enum class errc {
+    buffer_full = 1,    ///< return_error policy: no free slot at the time of the call
+    cancelled,          ///< the context's stop_token was triggered
+    deadline_exceeded,  ///< the context's deadline passed
+    closed,             ///< the ring or store was closed
+    handler_failed,     ///< a handler threw (transactions)
+};
+
+namespace detail {
+
+class error_category_impl final : public std::error_category {
+  public:
+    [[nodiscard]] const char* name() const noexcept override { return "eventbus"; }
+
+    [[nodiscard]] std::string message(int value) const override {
+        switch (static_cast<errc>(value)) {
+            case errc::buffer_full:
+                return "buffer full";
+            case errc::cancelled:
+                return "operation cancelled";
+            case errc::deadline_exceeded:
+                return "deadline exceeded";
+            case errc::closed:
+                return "closed";
+            case errc::handler_failed:
+                return "handler failed";
+        }
+        return "unknown eventbus error " + std::to_string(value);
+    }
+
+    // Lets callers compare against portable conditions, e.g. `ec == std::errc::timed_out`.
+    [[nodiscard]] std::error_condition default_error_condition(int value) const noexcept override {
+        switch (static_cast<errc>(value)) {
+            case errc::buffer_full:
+                return std::errc::no_buffer_space;
+            case errc::cancelled:
+                return std::errc::operation_canceled;
+            case errc::deadline_exceeded:
+                return std::errc::timed_out;
+            default:
+                return {value, *this};
+        }
+    }
+};
+
+}  // namespace detail
+
+/// The category of every `errc` value. One instance per program (inline function static).
+[[nodiscard]] inline const std::error_category& error_category() noexcept {
+    static const detail::error_category_impl instance;
+    return instance;
+}
+
+[[nodiscard]] inline std::error_code make_error_code(errc e) noexcept {
+    return {static_cast<int>(e), error_category()};
+}
+
+}  // namespace v0
+}  // namespace eventbus
+
+template <>
+struct std::is_error_code_enum<eventbus::errc> : std::true_type {};
+
+namespace eventbus {
+inline namespace v0 {
+
+// context /////////////////////////////////////////////////////////////////////////////////////////
+
+/// What `context.Context` is to GoEventBus: cancellation (a `std::stop_token`) plus an optional
+/// deadline. Cheap to copy (a shared stop state and a time point). `context{}` never ends.
+/// Thread-safe: a context is immutable; derive new ones with `with_deadline` / `with_timeout`.
+class context {
+  public:
+    using clock = std::chrono::steady_clock;
+
+    context() noexcept = default;
+    explicit context(std::stop_token token) noexcept : token_(std::move(token)) {}
+
+    /// A copy that also ends at `deadline` (the earlier of the two deadlines wins).
+    [[nodiscard]] context with_deadline(clock::time_point deadline) const {
+        context derived = *this;
+        if (deadline < derived.deadline_)
+            derived.deadline_ = deadline;
+        return derived;
+    }
+
+    /// A copy that also ends `timeout` from now. A timeout too large to represent means none.
+    template <class Rep, class Period>
+    [[nodiscard]] context with_timeout(std::chrono::duration<Rep, Period> timeout) const {
+        const auto now = clock::now();
+        const std::chrono::duration<double> wanted = timeout;
+        const std::chrono::duration<double> room = clock::time_point::max() - now;
+        if (wanted >= room)
+            return *this;
+        return with_deadline(now + std::chrono::ceil<clock::duration>(timeout));
+    }
+
+    /// `errc::cancelled` once stop was requested, `errc::deadline_exceeded` once the deadline has
+    /// passed, otherwise no error. Cancellation is reported first when both hold.
+    [[nodiscard]] std::error_code err() const noexcept {
+        if (token_.stop_requested())
+            return errc::cancelled;
+        if (has_deadline() && clock::now() >= deadline_)
+            return errc::deadline_exceeded;
+        return {};
+    }
+
+    [[nodiscard]] bool done() const noexcept { return static_cast<bool>(err()); }
+    [[nodiscard]] const std::stop_token& token() const noexcept { return token_; }
+    [[nodiscard]] bool has_deadline() const noexcept {
+        return deadline_ != clock::time_point::max();
+    }
+    /// `clock::time_point::max()` when there is no deadline.
+    [[nodiscard]] clock::time_point deadline() const noexcept { return deadline_; }
+
+  private:
+    std::stop_token token_;
+    clock::time_point deadline_ = clock::time_point::max();
+};
+
+// wait primitives /////////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+[[noreturn]] inline void throw_invalid_capacity(std::size_t capacity) {
+    throw std::invalid_argument(
+        "eventbus: capacity must be a power of two greater than zero, got " +
+        std::to_string(capacity));
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    _mm_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    asm volatile("yield" ::: "memory");
+#endif
+}
+
+/// Exponential backoff for waits that end when another thread finishes a step it has begun
+/// (a slot claimed but not yet written). Spins first, then yields, because with more threads
+/// than cores the thread we wait for may need our core to finish.
+class backoff {
+  public:
+    void spin() noexcept {
+        for (unsigned i = 0; i < (1U << (step_ < spin_limit ? step_ : spin_limit)); ++i)
+            cpu_relax();
+        if (step_ <= spin_limit)
+            ++step_;
+    }
+    void snooze() noexcept {
+        if (step_ <= spin_limit) {
+            for (unsigned i = 0; i < (1U << step_); ++i)
+                cpu_relax();
+        } else {
+            std::this_thread::yield();
+        }
+        if (step_ <= yield_limit)
+            ++step_;
+    }
+    /// True once spinning has gone on long enough that sleeping is the better choice.
+    [[nodiscard]] bool is_completed() const noexcept { return step_ > yield_limit; }
+
+  private:
+    static constexpr unsigned spin_limit = 6;
+    static constexpr unsigned yield_limit = 10;
+    unsigned step_ = 0;
+};
+
+/// An eventcount: lets a thread sleep until a condition that other threads make true lock-free
+/// (a slot freed, an element published), with a deadline and a stop_token, and with no lost
+/// wake-ups. The notifying side costs one load while nobody sleeps; the mutex is touched only
+/// when somebody does.
+///
+/// Waiter:    key = prepare_wait(); if (condition) { finish_wait(); ... } else wait(key, ctx) and
+///            finish_wait().
+/// Notifier:  make the condition true with a seq_cst read-modify-write, then notify_if_waiting().
+/// Why no wake-up is lost: prepare_wait's seq_cst increment and the notifier's seq_cst RMW are
+/// ordered one way or the other; either the waiter's re-check (after a seq_cst fence) sees the
+/// condition, or the notifier's seq_cst load sees the waiter and bumps the epoch, which the waiter
+/// reads under the mutex before it sleeps.
+class event_count {
+  public:
+    [[nodiscard]] std::uint32_t prepare_wait() noexcept {
+        waiters_.fetch_add(1, std::memory_order_seq_cst);
+        return epoch_.load(std::memory_order_seq_cst);
+    }
+
+    void finish_wait() noexcept { waiters_.fetch_sub(1, std::memory_order_relaxed); }
+
+    /// Sleeps until notified after `key` was taken, or until `ctx` ends (then returns its error).
+    /// May return early with no error (then the caller re-checks its condition).
+    std::error_code wait(std::uint32_t key, const context& ctx) {
+        // The callback takes the mutex, so it must not be constructed (it may run at once) or
+        // destroyed (it may be running) while this thread holds the mutex: declared first.
+        std::stop_callback on_stop(ctx.token(), [this] { notify_all(); });
+        std::unique_lock lock(mutex_);
+        while (epoch_.load(std::memory_order_acquire) == key) {
+            if (ctx.token().stop_requested())
+                return errc::cancelled;
+            if (ctx.has_deadline()) {
+                if (context::clock::now() >= ctx.deadline())
+                    return errc::deadline_exceeded;
+                cv_.wait_until(lock, ctx.deadline());
+            } else {
+                cv_.wait(lock);
+            }
+        }
+        return {};
+    }
+
+    void notify_if_waiting() noexcept {
+        if (waiters_.load(std::memory_order_seq_cst) != 0)
+            notify_all();
+    }
+
+    void notify_all() noexcept {
+        epoch_.fetch_add(1, std::memory_order_seq_cst);
+        // Taking the mutex orders the epoch bump before any waiter's check-then-sleep.
+        { std::lock_guard lock(mutex_); }
+        cv_.notify_all();
+    }
+
+  private:
+    std::atomic<std::uint32_t> waiters_{0};
+    std::atomic<std::uint32_t> epoch_{0};
+    std::mutex mutex_;
+    std::condition_variable cv_;
+};
+
+/// Outcome of one non-waiting attempt on the ring.
+enum class attempt { ok, busy, closed };
+
+/// Retries `try_once` (-> attempt) until it succeeds, the ring closes or `ctx` ends: spins briefly,
+/// then sleeps on `ec` until the other side changes something.
+template <class TryOnce>
+std::error_code retry_or_wait(event_count& ec, const context& ctx, TryOnce&& try_once) {
+    backoff wait;
+    for (;;) {
+        attempt result = try_once();
+        if (result == attempt::busy && wait.is_completed()) {
+            if (auto error = ctx.err())
+                return error;
+            const std::uint32_t key = ec.prepare_wait();
+            result = try_once();
+            if (result == attempt::busy) {
+                const std::error_code error = ec.wait(key, ctx);
+                ec.finish_wait();
+                if (error)
+                    return error;
+                continue;
+            }
+            ec.finish_wait();
+        }
+        switch (result) {
+            case attempt::ok:
+                return {};
+            case attempt::closed:
+                return errc::closed;
+            case attempt::busy:
+                wait.snooze();
+                break;
+        }
+    }
+}
+
+/// Start position for a ring; tests use it to start near the 64-bit wrap-around.
+struct initial_position {
+    std::uint64_t value = 0;
+};
+
+}  // namespace detail
+
+// ring buffer /////////////////////////////////////////////////////////////////////////////////////
+
+/// What a push does when the ring is full. Chosen by template parameter.
+/// Discard exactly the oldest element, count it in `dropped()`, and accept the new one.
+struct drop_oldest {};
+/// Wait for room: spin briefly, then sleep until a pop frees a slot or the context ends.
+struct block {};
+/// Fail at once with `errc::buffer_full`.
+struct return_error {};
+
+template <class P>
+concept overflow_policy =
+    std::same_as<P, drop_oldest> || std::same_as<P, block> || std::same_as<P, return_error>;
+
+/// What a ring can hold: a nothrow-movable object type, because an element is moved into and out
+/// of a slot after the slot has been claimed, when failing is no longer possible.
+template <class T>
+concept ring_element = std::is_object_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T> &&
+                       std::is_nothrow_move_constructible_v<T> && std::is_nothrow_destructible_v<T>;
+
+/// What `ring_buffer::pop(ctx)` returns: the element, or why there is none.
+template <class T>
+struct pop_result {
+    std::optional<T> value;
+    std::error_code error;
+
+    explicit operator bool() const noexcept { return value.has_value(); }
+};
+
+/// A bounded, multi-producer multi-consumer, lock-free ring of `T` with a fixed power-of-two
+/// capacity and a policy for pushes into a full ring.
+///
+/// Design (Vyukov's bounded queue with crossbeam's refinements): each slot carries a sequence
+/// number saying whose turn it is; producers claim a position by CAS on `tail`, consumers by CAS
+/// on `head`, so an operation never holds a slot while it waits and can always be abandoned.
+/// Positions are 64-bit and advance by 2: bit 0 of `tail` is the closed mark, so `close()` and
+/// every push agree on one word and no push can succeed after `close()` returns. A slot's sequence
+/// number is even when the slot is free for that position and odd when it holds its element.
+template <ring_element T, overflow_policy Policy = drop_oldest>
+class ring_buffer {
+  public:
+    using value_type = T;
+    using policy_type = Policy;
+
+    /// Throws `std::invalid_argument` (naming the value) when `capacity` is 0, not a power of
+    /// two, or too large to allocate. Allocates all slots once; nothing allocates afterwards.
+    explicit ring_buffer(std::size_t capacity)
+        : ring_buffer(capacity, detail::initial_position{}) {}
+
+    /// As above, starting at a given (even) position. For tests of the 64-bit wrap-around.
+    ring_buffer(std::size_t capacity, detail::initial_position start)
+        : capacity_(checked_capacity(capacity))
+        , lap_(std::uint64_t{2} * capacity_)
+        , remap_shift_(remap_shift_for(capacity_)) {
+        if (start.value & closed_mark)
+            throw std::invalid_argument("eventbus: odd start position");
+        slots_ = static_cast<slot*>(::operator new(capacity_ * sizeof(slot), slot_alignment));
+        for (std::size_t i = 0; i < capacity_; ++i)
+            ::new (static_cast<void*>(slots_ + i)) slot{};
+        for (std::uint64_t pos = start.value; pos != start.value + lap_; pos += step)
+            slot_at(pos).seq.store(pos, std::memory_order_relaxed);
+        indices_.head.store(start.value, std::memory_order_relaxed);
+        indices_.tail.store(start.value, std::memory_order_relaxed);
+    }
+
+    ring_buffer(const ring_buffer&) = delete;
+    ring_buffer& operator=(const ring_buffer&) = delete;
+
+    /// Destroys the elements still inside. Not thread-safe, like every destructor.
+    ~ring_buffer() {
+        const std::uint64_t tail = indices_.tail.load(std::memory_order_acquire) & ~closed_mark;
+        for (std::uint64_t pos = indices_.head.load(std::memory_order_acquire); pos != tail;
+             pos += step) {
+            slot& s = slot_at(pos);
+            if (s.seq.load(std::memory_order_acquire) == pos + 1)
+                s.element()->~T();
+        }
+        for (std::size_t i = 0; i < capacity_; ++i)
+            slots_[i].~slot();
+        ::operator delete(static_cast<void*>(slots_), slot_alignment);
+    }
+
+    // producers -------------------------------------------------------------------------------
+
+    /// Constructs an element in place unless the ring is full (policy block or return_error:
+    /// `errc::buffer_full`; drop_oldest: discards the oldest element instead) or closed
+    /// (`errc::closed`). Never waits for room. Lock-free, no allocation, thread-safe.
+    /// `args` are used only on success, so a failed call leaves the caller's value intact.
+    template <class... Args>
+    requires std::is_nothrow_constructible_v<T, Args&&...>
+    [[nodiscard]] std::error_code try_emplace(Args&&... args) noexcept {
+        switch (try_push_once(std::forward<Args>(args)...)) {
+            case detail::attempt::ok:
+                return {};
+            case detail::attempt::closed:
+                return errc::closed;
+            case detail::attempt::busy:
+                break;
+        }
+        return errc::buffer_full;
+    }
+
+    /// `try_emplace(std::move(value))`: `value` is moved from only on success.
+    [[nodiscard]] std::error_code try_push(T&& value) noexcept {
+        return try_emplace(std::move(value));
+    }
+
+    /// Copies `value` first (outside the ring, so a throwing copy changes nothing).
+    [[nodiscard]] std::error_code try_push(const T& value) requires std::copy_constructible<T> {
+        T copy(value);
+        return try_emplace(std::move(copy));
+    }
+
+    /// Like `try_emplace`, but under `block` waits for room: spins briefly, then sleeps until a
+    /// pop frees a slot (no busy loop while asleep), returning `errc::cancelled` /
+    /// `errc::deadline_exceeded` when `ctx` ends first and `errc::closed` on `close()`. A waiting
+    /// producer holds no slot. Under drop_oldest and return_error it never waits and `ctx` is
+    /// not consulted. Thread-safe; no allocation; takes a mutex only to sleep.
+    template <class... Args>
+    requires std::is_nothrow_constructible_v<T, Args&&...>
+    [[nodiscard]] std::error_code emplace(const context& ctx, Args&&... args) {
+        if constexpr (std::same_as<Policy, block>) {
+            return detail::retry_or_wait(not_full_, ctx, [&]() noexcept {
+                return try_push_once(std::forward<Args>(args)...);
+            });
+        } else {
+            return try_emplace(std::forward<Args>(args)...);
+        }
+    }
+
+    [[nodiscard]] std::error_code push(const context& ctx, T&& value) {
+        return emplace(ctx, std::move(value));
+    }
+
+    [[nodiscard]] std::error_code push(const context& ctx,
+                                       const T& value) requires std::copy_constructible<T> {
+        T copy(value);
+        return emplace(ctx, std::move(copy));
+    }
+
+    // consumers -------------------------------------------------------------------------------
+
+    /// Takes the oldest element, or nothing when the ring is empty (or closed and empty; tell the
+    /// two apart with `is_closed()`). Never reports empty while an element is published and
+    /// unclaimed. Lock-free, no allocation, thread-safe.
+    [[nodiscard]] std::optional<T> try_pop() noexcept {
+        std::optional<T> out;
+        (void)try_pop_once(out);
+        return out;
+    }
+
+    /// Takes the oldest element, waiting for one: spins briefly, then sleeps until a push.
+    /// Returns the error instead when `ctx` ends first, or `errc::closed` once the ring is closed
+    /// and drained. Thread-safe; no allocation; takes a mutex only to sleep.
+    [[nodiscard]] pop_result<T> pop(const context& ctx) {
+        pop_result<T> result;
+        result.error = detail::retry_or_wait(not_empty_, ctx,
+                                             [&]() noexcept { return try_pop_once(result.value); });
+        return result;
+    }
+
+    // lifetime and queries ----------------------------------------------------------------------
+
+    /// Refuses every later push with `errc::closed` and wakes all waiters. Pops go on until the
+    /// ring is empty. Idempotent. Thread-safe, lock-free.
+    void close() noexcept {
+        // seq_cst RMW on the word every push CASes: a push either completed before this or fails.
+        indices_.tail.fetch_or(closed_mark, std::memory_order_seq_cst);
+        not_full_.notify_all();
+        not_empty_.notify_all();
+    }
+
+    [[nodiscard]] bool is_closed() const noexcept {
+        return (indices_.tail.load(std::memory_order_acquire) & closed_mark) != 0;
+    }
+
+    [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+
+    /// Number of elements at some recent moment; may be stale as soon as it returns.
+    [[nodiscard]] std::size_t approx_size() const noexcept {
+        const std::uint64_t head = indices_.head.load(std::memory_order_acquire);
+        const std::uint64_t tail = indices_.tail.load(std::memory_order_acquire) & ~closed_mark;
+        const auto distance = static_cast<std::int64_t>(tail - head);
+        if (distance <= 0)
+            return 0;
+        const auto count = static_cast<std::uint64_t>(distance) / step;
+        return count < capacity_ ? static_cast<std::size_t>(count) : capacity_;
+    }
+
+    [[nodiscard]] bool approx_empty() const noexcept { return approx_size() == 0; }
+
+    /// Elements discarded by drop_oldest so far (always 0 under the other policies).
+    [[nodiscard]] std::uint64_t dropped() const noexcept {
+        return dropped_.value.load(std::memory_order_relaxed);
+    }
+
+  private:
+    static constexpr std::uint64_t step = 2;
+    static constexpr std::uint64_t closed_mark = 1;
+
+    struct slot {
+        // Even: free for position `seq`. Odd: holds the element of position `seq - 1`.
+        std::atomic<std::uint64_t> seq{0};
+        alignas(T) std::byte storage[sizeof(T)];
+
+        T* element() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
+    };
+
+    // Head and tail are written by different threads on every operation: a cache line each.
+    struct indices {
+        alignas(cache_line_size) std::atomic<std::uint64_t> head{0};
+        alignas(cache_line_size) std::atomic<std::uint64_t> tail{0};
+    };
+    static_assert(std::is_standard_layout_v<indices>);
+    static_assert(offsetof(indices, tail) - offsetof(indices, head) >= cache_line_size,
+                  "head and tail must not share a cache line");
+    static_assert(sizeof(indices) >= 2 * cache_line_size, "tail must not share a line with others");
+
+    struct alignas(cache_line_size) padded_counter {
+        std::atomic<std::uint64_t> value{0};
+    };
+
+    static constexpr std::align_val_t slot_alignment{
+        alignof(slot) > cache_line_size ? alignof(slot) : cache_line_size};
+    // Neighbouring positions map to slots on different cache lines (see slot_at).
+    static constexpr std::size_t slots_per_line =
+        sizeof(slot) < cache_line_size ? cache_line_size / sizeof(slot) : 1;
+    static constexpr unsigned slots_per_line_log2 = std::bit_width(slots_per_line) - 1;
+    static_assert(std::has_single_bit(slots_per_line));
+
+    static std::size_t checked_capacity(std::size_t capacity) {
+        if (capacity == 0 || !std::has_single_bit(capacity) ||
+            capacity > std::numeric_limits<std::size_t>::max() / sizeof(slot) ||
+            capacity > (std::uint64_t{1} << 62))
+            detail::throw_invalid_capacity(capacity);
+        return capacity;
+    }
+
+    static unsigned remap_shift_for(std::size_t capacity) noexcept {
+        if (slots_per_line == 1 || capacity <= slots_per_line)
+            return 0;
+        return static_cast<unsigned>(std::bit_width(capacity / slots_per_line) - 1);
+    }
+
+    // Position -> slot. When several slots share a cache line, consecutive indices are spread
+    // `capacity / slots_per_line` slots apart (a transpose of the index matrix), so a producer
+    // and a consumer a few positions apart do not write the same line.
+    slot& slot_at(std::uint64_t position) noexcept {
+        auto index = static_cast<std::size_t>(position / step) & (capacity_ - 1);
+        if (remap_shift_ != 0) {
+            index =
+                ((index & (slots_per_line - 1)) << remap_shift_) | (index >> slots_per_line_log2);
+        }
+        return slots_[index];
+    }
+
+    // One push attempt. `busy`: full (never reported while a pop is freeing a slot).
+    template <class... Args>
+    detail::attempt try_push_once(Args&&... args) noexcept {
+        detail::backoff wait;
+        std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
+        for (;;) {
+            if (tail & closed_mark)
+                return detail::attempt::closed;
+            slot& s = slot_at(tail);
+            // Acquire: the consumer that freed this slot (read and destroyed its element, then
+            // released the sequence) is done with the storage before we construct into it.
+            const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+            if (seq == tail) {
+                if (indices_.tail.compare_exchange_weak(
+                        tail, tail + step, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                    ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+                    // Release: publishes the element to the consumer that acquires `seq`.
+                    s.seq.store(tail + 1, std::memory_order_release);
+                    not_empty_.notify_if_waiting();
+                    return detail::attempt::ok;
+                }
+                wait.spin();
+            } else if (seq + lap_ == tail + 1) {
+                // The slot still holds the element from one lap ago: full, or a pop is under way.
+                if constexpr (std::same_as<Policy, drop_oldest>) {
+                    if (try_replace_oldest(s, tail, std::forward<Args>(args)...))
+                        return detail::attempt::ok;
+                    tail = indices_.tail.load(std::memory_order_relaxed);
+                    if (tail & closed_mark)
+                        return detail::attempt::closed;
+                } else {
+                    // Seq_cst fence before reading head: pairs with the consumer's seq_cst head
+                    // CAS, so a pop that has begun is seen and "full" is never reported falsely.
+                    std::atomic_thread_fence(std::memory_order_seq_cst);
+                    const std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
+                    if (head + lap_ == tail)
+                        return detail::attempt::busy;
+                    tail = indices_.tail.load(std::memory_order_relaxed);
+                }
+                wait.spin();
+            } else {
+                // Another producer took `tail` already, or a pop of the previous lap is under way.
+                wait.snooze();
+                tail = indices_.tail.load(std::memory_order_relaxed);
+            }
+        }
+    }
+
+    // drop_oldest on a full ring (crossbeam's force_push): take the oldest element away from the
+    // consumers by moving head past it, then take `tail`. Between the two, no producer can claim
+    // `tail` (the slot's seq is not `tail`) and no other replacer can move head (it moved), so
+    // the slot is ours. False when a consumer got the oldest element first (retry as normal).
+    template <class... Args>
+    bool try_replace_oldest(slot& s, std::uint64_t tail, Args&&... args) noexcept {
+        std::uint64_t oldest = tail - lap_;
+        if (!indices_.head.compare_exchange_strong(oldest, oldest + step, std::memory_order_seq_cst,
+                                                   std::memory_order_relaxed))
+            return false;
+        s.element()->~T();
+        dropped_.value.fetch_add(1, std::memory_order_relaxed);
+        std::uint64_t expected = tail;
+        if (!indices_.tail.compare_exchange_strong(expected, tail + step, std::memory_order_seq_cst,
+                                                   std::memory_order_relaxed)) {
+            // Only close() changes tail under us. The oldest element is gone (counted as
+            // dropped); leave the slot free for `tail` so the ring stays consistent, and refuse.
+            s.seq.store(tail, std::memory_order_release);
+            return false;
+        }
+        ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+        s.seq.store(tail + 1, std::memory_order_release);
+        not_empty_.notify_if_waiting();
+        return true;
+    }
+
+    // One pop attempt into `out`. `busy`: empty (never reported while a push is publishing).
+    detail::attempt try_pop_once(std::optional<T>& out) noexcept {
+        detail::backoff wait;
+        std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
+        for (;;) {
+            slot& s = slot_at(head);
+            // Acquire: pairs with the producer's release; the element is fully constructed.
+            const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+            if (seq == head + 1) {
+                if (indices_.head.compare_exchange_weak(
+                        head, head + step, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                    T* element = s.element();
+                    out.emplace(std::move(*element));
+                    element->~T();
+                    // Release: our move and destruction happen before the next producer's
+                    // construction in this slot.
+                    s.seq.store(head + lap_, std::memory_order_release);
+                    if constexpr (std::same_as<Policy, block>)
+                        not_full_.notify_if_waiting();
+                    return detail::attempt::ok;
+                }
+                wait.spin();
+            } else if (seq == head) {
+                // Free for `head`: empty, unless a producer has claimed it and is writing.
+                std::atomic_thread_fence(std::memory_order_seq_cst);
+                const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
+                if ((tail & ~closed_mark) == head)
+                    return (tail & closed_mark) ? detail::attempt::closed : detail::attempt::busy;
+                wait.spin();
+                head = indices_.head.load(std::memory_order_relaxed);
+            } else {
+                // Another consumer took `head`, or a drop_oldest push is replacing it.
+                wait.snooze();
+                head = indices_.head.load(std::memory_order_relaxed);
+            }
+        }
+    }
+
+    indices indices_;
+    // Read by every operation, written only at construction.
+    alignas(cache_line_size) slot* slots_ = nullptr;
+    std::size_t capacity_;
+    std::uint64_t lap_;  // position distance between two visits of a slot
+    unsigned remap_shift_;
+    padded_counter dropped_;
+    detail::event_count not_full_;   // producers sleep here under `block`
+    detail::event_count not_empty_;  // consumers sleep here in pop(ctx)
+};
+
+}  // namespace v0
+}  // namespace eventbus
+
+#endif  // EVENTBUS_EVENTBUS_HPP
