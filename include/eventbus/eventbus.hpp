@@ -236,10 +236,11 @@ class backoff {
 /// Waiter:    key = prepare_wait(); if (condition) { finish_wait(); ... } else wait(key, ctx) and
 ///            finish_wait().
 /// Notifier:  make the condition true with a seq_cst read-modify-write, then notify_if_waiting().
-/// Why no wake-up is lost: prepare_wait's seq_cst increment and the notifier's seq_cst RMW are
-/// ordered one way or the other; either the waiter's re-check (after a seq_cst fence) sees the
-/// condition, or the notifier's seq_cst load sees the waiter and bumps the epoch, which the waiter
-/// reads under the mutex before it sleeps.
+/// Why no wake-up is lost: the waiter's seq_cst increment, its seq_cst re-check load, and the
+/// notifier's seq_cst RMW and seq_cst load of `waiters_` are all in the single total order S.
+/// If the re-check misses the RMW, the re-check precedes the RMW in S, so the increment does
+/// too, and the notifier's later load sees the waiter and bumps the epoch, which the waiter reads
+/// under the mutex before it sleeps. (Loads, not fences: ThreadSanitizer does not model fences.)
 class event_count {
   public:
     [[nodiscard]] std::uint32_t prepare_wait() noexcept {
@@ -619,10 +620,10 @@ class ring_buffer {
                     if (tail & closed_mark)
                         return detail::attempt::closed;
                 } else {
-                    // Seq_cst fence before reading head: pairs with the consumer's seq_cst head
-                    // CAS, so a pop that has begun is seen and "full" is never reported falsely.
-                    std::atomic_thread_fence(std::memory_order_seq_cst);
-                    const std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
+                    // Seq_cst: ordered with the consumers' seq_cst head CAS, so a pop that has
+                    // begun is seen ("full" is never reported falsely) and a producer about to
+                    // sleep is seen by the pop that frees its slot (see event_count).
+                    const std::uint64_t head = indices_.head.load(std::memory_order_seq_cst);
                     if (head + lap_ == tail)
                         return detail::attempt::busy;
                     tail = indices_.tail.load(std::memory_order_relaxed);
@@ -686,8 +687,8 @@ class ring_buffer {
                 wait.spin();
             } else if (seq == head) {
                 // Free for `head`: empty, unless a producer has claimed it and is writing.
-                std::atomic_thread_fence(std::memory_order_seq_cst);
-                const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
+                // Seq_cst: ordered with the producers' seq_cst tail CAS, as for head above.
+                const std::uint64_t tail = indices_.tail.load(std::memory_order_seq_cst);
                 if ((tail & ~closed_mark) == head)
                     return (tail & closed_mark) ? detail::attempt::closed : detail::attempt::busy;
                 wait.spin();
