@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Runs every benchmark executable and prints one table: benchmark, ns per item (median over the
+repetitions), and for each peer row the ratio of the peer's time to ours in the same scenario.
+
+Called by scripts/bench, which builds the executables and passes, through the environment:
+  EVENTBUS_BENCH_DIR      directory holding bench_* executables
+  EVENTBUS_BENCH_RESULTS  directory for the raw JSON, the table (table.md) and the chart (SVG)
+  EVENTBUS_BENCH_ARGS     Google Benchmark arguments (repetitions, or a tiny min time for --smoke)
+
+Benchmark names follow `<scenario>/<queue>[/real_time]`; rows whose queue starts with `eventbus`
+are ours. The reference for a scenario's ratios is its first eventbus row in REFERENCE_ORDER.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REFERENCE_ORDER = ["eventbus_return_error", "eventbus_block", "eventbus_drop_oldest"]
+
+
+def run(executable: Path, results: Path, args: list[str]) -> Path:
+    out = results / f"{executable.name}.json"
+    cmd = [str(executable), *args, f"--benchmark_out={out}", "--benchmark_out_format=json"]
+    print(f"== {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    return out
+
+
+def ns_per_item(entry: dict) -> float:
+    ips = entry.get("items_per_second")
+    if ips:
+        return 1e9 / ips
+    # No items counted: fall back to the time per iteration, converted to ns.
+    scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}[entry.get("time_unit", "ns")]
+    return entry["real_time"] * scale
+
+
+def collect(json_file: Path) -> dict[str, float]:
+    """Benchmark name -> ns per item: the median aggregate when repeated, else the single run."""
+    data = json.loads(json_file.read_text())
+    singles: dict[str, float] = {}
+    medians: dict[str, float] = {}
+    for entry in data.get("benchmarks", []):
+        if entry.get("error_occurred"):
+            raise SystemExit(f"benchmark failed: {entry['name']}: {entry.get('error_message')}")
+        name = entry.get("run_name", entry["name"])
+        if entry.get("run_type") == "aggregate":
+            if entry.get("aggregate_name") == "median":
+                medians[name] = ns_per_item(entry)
+        else:
+            singles.setdefault(name, ns_per_item(entry))
+    return {**singles, **medians}
+
+
+def split(name: str) -> tuple[str, str]:
+    parts = [p for p in name.split("/") if p != "real_time"]
+    return parts[0], "/".join(parts[1:]) or parts[0]
+
+
+def table(rows: dict[str, float]) -> list[tuple[str, float, str]]:
+    by_scenario: dict[str, list[tuple[str, float]]] = {}
+    for name, ns in rows.items():
+        scenario, queue = split(name)
+        by_scenario.setdefault(scenario, []).append((queue, ns))
+    out = []
+    for scenario, entries in by_scenario.items():
+        ours = {q: ns for q, ns in entries if q.startswith("eventbus")}
+        ref_name = next((q for q in REFERENCE_ORDER if q in ours), next(iter(ours), None))
+        for queue, ns in entries:
+            if queue.startswith("eventbus") or ref_name is None:
+                ratio = ""
+            else:
+                ratio = f"{ns / ours[ref_name]:.2f}x vs {ref_name}"
+            out.append((f"{scenario}/{queue}", ns, ratio))
+    return out
+
+
+def markdown(lines: list[tuple[str, float, str]]) -> str:
+    text = "| benchmark | ns per item (median) | peer time / ours |\n|---|---:|---|\n"
+    for name, ns, ratio in lines:
+        text += f"| {name} | {ns:.1f} | {ratio} |\n"
+    return text
+
+
+def chart(lines: list[tuple[str, float, str]], svg: Path) -> None:
+    if shutil.which("gnuplot") is None:
+        print("gnuplot not found: no chart", file=sys.stderr)
+        return
+    data = svg.with_suffix(".dat")
+    data.write_text("".join(f'"{name}" {ns:.3f}\n' for name, ns, _ in reversed(lines)))
+    height = 120 + 18 * len(lines)
+    # Horizontal bars on a log axis, drawn as boxes from 0.1 ns to the value.
+    script = f"""
+set terminal svg size 900,{height} dynamic font 'sans,11'
+set output '{svg}'
+set title 'eventbus benchmarks: ns per item, median (lower is better)'
+set style fill solid 0.8 border -1
+set yrange [-0.8:{len(lines) - 0.2}]
+set logscale x
+set xrange [0.1:*]
+set xlabel 'ns per item (log scale)'
+set grid xtics
+unset key
+plot '{data}' using 2:0:(0.1):2:($0-0.35):($0+0.35):yticlabels(1) with boxxyerror lc rgb '#3a7bd5'
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+
+
+def main() -> int:
+    bench_dir = Path(os.environ["EVENTBUS_BENCH_DIR"])
+    results = Path(os.environ["EVENTBUS_BENCH_RESULTS"])
+    args = shlex.split(os.environ.get("EVENTBUS_BENCH_ARGS", ""))
+    results.mkdir(parents=True, exist_ok=True)
+    executables = sorted(p for p in bench_dir.glob("bench_*") if p.is_file() and os.access(p, os.X_OK))
+    if not executables:
+        print(f"error: no benchmark executables in {bench_dir}", file=sys.stderr)
+        return 1
+    rows: dict[str, float] = {}
+    for exe in executables:
+        rows.update(collect(run(exe, results, args)))
+    lines = table(rows)
+    text = markdown(lines)
+    (results / "table.md").write_text(text)
+    print(text)
+    chart(lines, results / "benchmarks.svg")
+    print(f"raw JSON, table.md and benchmarks.svg in {results}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
