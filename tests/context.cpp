@@ -94,4 +94,8 @@ TEST_CASE("a deadline in the past has already passed; a huge timeout means none"
 
     const auto zero = eventbus::context{}.with_timeout(0ms);
     CHECK(zero.done());
+    const auto negative = eventbus::context{}.with_timeout(std::chrono::hours::min());
+    CHECK(negative.err() == eventbus::errc::deadline_exceeded);
+    const auto tiny_negative = eventbus::context{}.with_timeout(std::chrono::nanoseconds::min());
+    CHECK(tiny_negative.done());
 }

@@ -186,6 +186,40 @@ TEST_CASE("close of a full drop_oldest ring refuses without dropping", "[ring]")
     CHECK(*ring.try_pop() == 2);
 }
 
+TEST_CASE("close never costs drop_oldest an element that was inside", "[ring][stress]") {
+    // Producers keep overwriting a full ring while close() lands; with no consumer, the ring must
+    // still be full afterwards, and every accepted push must be either inside or counted dropped.
+    const std::size_t runs = scaled(2000, 100);
+    for (const std::size_t capacity : {std::size_t{1}, std::size_t{4}}) {
+        for (std::size_t run = 0; run < runs; ++run) {
+            ring_buffer<int, drop_oldest> ring(capacity);
+            for (std::size_t i = 0; i < capacity; ++i)
+                REQUIRE_FALSE(ring.try_push(-1));
+            std::atomic<std::uint64_t> accepted{capacity};
+            std::atomic<int> started{0};
+            {
+                std::vector<std::jthread> threads;
+                for (int p = 0; p < 2; ++p) {
+                    threads.emplace_back([&, p] {
+                        started.fetch_add(1);
+                        while (!ring.try_push(p))
+                            accepted.fetch_add(1);
+                    });
+                }
+                while (started < 2)
+                    std::this_thread::yield();
+                ring.close();
+            }
+            std::uint64_t left = 0;
+            while (ring.try_pop())
+                ++left;
+            CAPTURE(capacity, run);
+            REQUIRE(left == capacity);
+            REQUIRE(left + ring.dropped() == accepted);
+        }
+    }
+}
+
 // element lifetimes //////////////////////////////////////////////////////////////////////////////
 
 TEMPLATE_TEST_CASE("every element is destroyed exactly once", "[ring][lifetime]", drop_oldest,

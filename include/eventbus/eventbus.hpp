@@ -46,13 +46,18 @@ inline namespace v0 {
 /// cache line (false sharing). A per-architecture constant rather than
 /// `std::hardware_destructive_interference_size`, whose value may change with compiler flags and
 /// so must not shape an ABI (GCC warns about it with -Winterference-size).
-#if defined(__aarch64__) || defined(_M_ARM64) || defined(__powerpc64__)
+/// Define EVENTBUS_CACHE_LINE_SIZE (a power of two) to override it for hardware not listed here.
+#if defined(EVENTBUS_CACHE_LINE_SIZE)
+inline constexpr std::size_t cache_line_size = EVENTBUS_CACHE_LINE_SIZE;
+#elif defined(__aarch64__) || defined(_M_ARM64) || defined(__powerpc64__)
 inline constexpr std::size_t cache_line_size = 128;  // Apple M-series lines; POWER lines
 #elif defined(__s390x__)
 inline constexpr std::size_t cache_line_size = 256;
 #else
 inline constexpr std::size_t cache_line_size = 64;  // x86-64 and most others
 #endif
+
+static_assert(std::has_single_bit(cache_line_size), "cache_line_size must be a power of two");
 
 // errors //////////////////////////////////////////////////////////////////////////////////////////
 
@@ -148,6 +153,8 @@ class context {
     template <class Rep, class Period>
     [[nodiscard]] context with_timeout(std::chrono::duration<Rep, Period> timeout) const {
         const auto now = clock::now();
+        if (timeout <= timeout.zero())
+            return with_deadline(now);
         const std::chrono::duration<double> wanted = timeout;
         const std::chrono::duration<double> room = clock::time_point::max() - now;
         if (wanted >= room)
@@ -559,7 +566,7 @@ class ring_buffer {
         alignof(slot) > cache_line_size ? alignof(slot) : cache_line_size};
     // Neighbouring positions map to slots on different cache lines (see slot_at).
     static constexpr std::size_t slots_per_line =
-        sizeof(slot) < cache_line_size ? cache_line_size / sizeof(slot) : 1;
+        sizeof(slot) < cache_line_size ? std::bit_floor(cache_line_size / sizeof(slot)) : 1;
     static constexpr unsigned slots_per_line_log2 = std::bit_width(slots_per_line) - 1;
     static_assert(std::has_single_bit(slots_per_line));
 
@@ -628,7 +635,7 @@ class ring_buffer {
                         return detail::attempt::busy;
                     tail = indices_.tail.load(std::memory_order_relaxed);
                 }
-                wait.spin();
+                wait.snooze();  // waiting for another thread to finish its step
             } else {
                 // Another producer took `tail` already, or a pop of the previous lap is under way.
                 wait.snooze();
@@ -640,27 +647,41 @@ class ring_buffer {
     // drop_oldest on a full ring (crossbeam's force_push): take the oldest element away from the
     // consumers by moving head past it, then take `tail`. Between the two, no producer can claim
     // `tail` (the slot's seq is not `tail`) and no other replacer can move head (it moved), so
-    // the slot is ours. False when a consumer got the oldest element first (retry as normal).
+    // the slot is ours. False when a consumer got the oldest element first (retry as normal) or
+    // when close() marked tail in between (the caller then sees the mark).
     template <class... Args>
     bool try_replace_oldest(slot& s, std::uint64_t tail, Args&&... args) noexcept {
-        std::uint64_t oldest = tail - lap_;
-        if (!indices_.head.compare_exchange_strong(oldest, oldest + step, std::memory_order_seq_cst,
-                                                   std::memory_order_relaxed))
+        const std::uint64_t oldest = tail - lap_;
+        std::uint64_t expected = oldest;
+        if (!indices_.head.compare_exchange_strong(
+                expected, oldest + step, std::memory_order_seq_cst, std::memory_order_relaxed))
             return false;
-        s.element()->~T();
-        dropped_.value.fetch_add(1, std::memory_order_relaxed);
-        std::uint64_t expected = tail;
+        expected = tail;
         if (!indices_.tail.compare_exchange_strong(expected, tail + step, std::memory_order_seq_cst,
                                                    std::memory_order_relaxed)) {
-            // Only close() changes tail under us. The oldest element is gone (counted as
-            // dropped); leave the slot free for `tail` so the ring stays consistent, and refuse.
+            // Only close() changes tail under us. The push is refused, so give the oldest element
+            // back (it is untouched, its seq unchanged) unless a consumer has already moved head
+            // past it; a consumer holding the stale head value `oldest + step` then fails its CAS.
+            expected = oldest + step;
+            if (indices_.head.compare_exchange_strong(expected, oldest, std::memory_order_seq_cst,
+                                                      std::memory_order_relaxed))
+                return false;
+            // Too late to give it back in order: it is discarded and counted, and the slot is
+            // left free for `tail` so the ring stays consistent.
+            discard(s);
             s.seq.store(tail, std::memory_order_release);
             return false;
         }
+        discard(s);
         ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
         s.seq.store(tail + 1, std::memory_order_release);
         not_empty_.notify_if_waiting();
         return true;
+    }
+
+    void discard(slot& s) noexcept {
+        s.element()->~T();
+        dropped_.value.fetch_add(1, std::memory_order_relaxed);
     }
 
     // One pop attempt into `out`. `busy`: empty (never reported while a push is publishing).
@@ -691,7 +712,7 @@ class ring_buffer {
                 const std::uint64_t tail = indices_.tail.load(std::memory_order_seq_cst);
                 if ((tail & ~closed_mark) == head)
                     return (tail & closed_mark) ? detail::attempt::closed : detail::attempt::busy;
-                wait.spin();
+                wait.snooze();  // waiting for the producer to publish
                 head = indices_.head.load(std::memory_order_relaxed);
             } else {
                 // Another consumer took `head`, or a drop_oldest push is replacing it.
