@@ -1,29 +1,21 @@
-// One producer thread pushes 1..1000 into a blocking ring buffer and closes it; the main thread
-// pops until the buffer reports that it is closed and drained.
+// The README's first example: one producer thread pushes 1..1000 into a blocking ring and closes
+// it; the main thread pops until the ring reports that it is closed and drained.
 #include <eventbus/eventbus.hpp>
 
 #include <iostream>
 #include <thread>
 
 int main() {
-    eventbus::ring_buffer<int, eventbus::block> ring{64};
+    eventbus::ring_buffer<int, eventbus::block> ring{1024};  // capacity: a power of two
 
-    std::jthread producer{[&ring] {
-        for (int i = 1; i <= 1000; ++i) {
-            // Cannot fail: the buffer is closed only after the last push.
-            (void)ring.push(eventbus::context{}, i);
-        }
+    std::jthread producer{[&] {
+        for (int i = 1; i <= 1000; ++i)
+            (void)ring.push(eventbus::context{}, i);  // waits for room
         ring.close();
     }};
-
     long long sum = 0;
-    while (true) {
-        auto r = ring.pop(eventbus::context{});
-        if (!r) {
-            break;
-        }
-        sum += *r.value;
-    }
+    while (auto r = ring.pop(eventbus::context{}))
+        sum += *r.value;  // until closed and drained
 
     std::cout << "sum = " << sum << '\n';
     return sum == 500500 ? 0 : 1;

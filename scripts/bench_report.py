@@ -91,21 +91,22 @@ def chart(lines: list[tuple[str, float, str]], svg: Path) -> None:
         print("gnuplot not found: no chart", file=sys.stderr)
         return
     data = svg.with_suffix(".dat")
-    data.write_text("".join(f'"{name}" {ns:.3f}\n' for name, ns, _ in reversed(lines)))
+    data.write_text("".join(f'"{name.removeprefix("BM_")}" {ns:.3f}\n' for name, ns, _ in reversed(lines)))
     height = 120 + 18 * len(lines)
-    # Horizontal bars on a log axis, drawn as boxes from 0.1 ns to the value.
+    # Horizontal bars on a log axis, drawn as boxes from 1 ns to the value.
     script = f"""
-set terminal svg size 900,{height} dynamic font 'sans,11'
+set terminal svg size 900,{height} dynamic noenhanced font 'sans,11'
 set output '{svg}'
 set title 'eventbus benchmarks: ns per item, median (lower is better)'
 set style fill solid 0.8 border -1
 set yrange [-0.8:{len(lines) - 0.2}]
 set logscale x
-set xrange [0.1:*]
+set xrange [1:*]
+set lmargin 36
 set xlabel 'ns per item (log scale)'
 set grid xtics
 unset key
-plot '{data}' using 2:0:(0.1):2:($0-0.35):($0+0.35):yticlabels(1) with boxxyerror lc rgb '#3a7bd5'
+plot '{data}' using 2:0:(1):2:($0-0.35):($0+0.35):yticlabels(1) with boxxyerror lc rgb '#3a7bd5'
 """
     subprocess.run(["gnuplot"], input=script, text=True, check=True)
 
