@@ -3,7 +3,8 @@
 //  SPDX-License-Identifier: MIT
 //
 //  One header, read top-down in the order data flows:
-//    configuration -> errors -> context -> wait primitives -> ring buffer
+//    configuration -> errors -> context -> wait primitives -> ring buffer -> keys and events
+//    -> dispatcher -> event store
 //
 //  Everything public lives in namespace `eventbus`; internals in `eventbus::detail`.
 
@@ -14,6 +15,7 @@
 #define EVENTBUS_VERSION_MINOR 1
 #define EVENTBUS_VERSION_PATCH 0
 
+#include <any>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -21,17 +23,25 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <initializer_list>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
+#include <variant>
+#include <vector>
 
 #if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
 #include <intrin.h>
@@ -401,6 +411,7 @@ class ring_buffer {
             ::new (static_cast<void*>(slots_ + i)) slot{};
         for (std::uint64_t pos = start.value; pos != start.value + lap_; pos += step)
             slot_at(pos).seq.store(pos, std::memory_order_relaxed);
+        start_ = start.value;
         indices_.head.store(start.value, std::memory_order_relaxed);
         indices_.tail.store(start.value, std::memory_order_relaxed);
     }
@@ -532,6 +543,22 @@ class ring_buffer {
     [[nodiscard]] bool approx_empty() const noexcept { return approx_size() == 0; }
 
     /// Elements discarded by drop_oldest so far (always 0 under the other policies).
+    /// Elements accepted by pushes since construction (popped, dropped or still inside).
+    [[nodiscard]] std::uint64_t accepted() const noexcept { return (mark() - start_) / step; }
+
+    /// A position just after every element accepted so far; see `try_pop_before`.
+    [[nodiscard]] std::uint64_t mark() const noexcept {
+        return indices_.tail.load(std::memory_order_seq_cst) & ~closed_mark;
+    }
+
+    /// `try_pop`, but only an element accepted before `mark` was taken: lets a consumer take
+    /// "everything enqueued before now" and leave later elements for later. Lock-free.
+    [[nodiscard]] std::optional<T> try_pop_before(std::uint64_t mark) noexcept {
+        std::optional<T> out;
+        (void)try_pop_once(out, mark);
+        return out;
+    }
+
     [[nodiscard]] std::uint64_t dropped() const noexcept {
         return dropped_.value.load(std::memory_order_relaxed);
     }
@@ -685,13 +712,17 @@ class ring_buffer {
     }
 
     // One pop attempt into `out`. `busy`: empty (never reported while a push is publishing).
-    detail::attempt try_pop_once(std::optional<T>& out) noexcept {
+    // With `limit`, takes only elements of positions before it (`busy` otherwise).
+    detail::attempt try_pop_once(std::optional<T>& out,
+                                 std::optional<std::uint64_t> limit = std::nullopt) noexcept {
         detail::backoff wait;
         std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
         for (;;) {
             slot& s = slot_at(head);
             // Acquire: pairs with the producer's release; the element is fully constructed.
             const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+            if (limit && static_cast<std::int64_t>(*limit - head) <= 0)
+                return detail::attempt::busy;
             if (seq == head + 1) {
                 if (indices_.head.compare_exchange_weak(
                         head, head + step, std::memory_order_seq_cst, std::memory_order_relaxed)) {
@@ -727,10 +758,584 @@ class ring_buffer {
     alignas(cache_line_size) slot* slots_ = nullptr;
     std::size_t capacity_;
     std::uint64_t lap_;  // position distance between two visits of a slot
+    std::uint64_t start_ = 0;
     unsigned remap_shift_;
     padded_counter dropped_;
     detail::event_count not_full_;   // producers sleep here under `block`
     detail::event_count not_empty_;  // consumers sleep here in pop(ctx)
+};
+
+// keys and events //////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+/// A C++ type as a key: the address of a per-type variable (unique in a program, no RTTI, and
+/// hashing it never touches a string) plus a readable name for messages.
+struct type_key {
+    const void* id;
+    std::string_view name;
+
+    friend bool operator==(const type_key& a, const type_key& b) noexcept { return a.id == b.id; }
+};
+
+template <class T>
+inline constexpr char type_tag = 0;
+
+template <class T>
+constexpr std::string_view type_name() noexcept {
+#if defined(__clang__) || defined(__GNUC__)
+    return __PRETTY_FUNCTION__;
+#elif defined(_MSC_VER)
+    return __FUNCSIG__;
+#else
+    return "type";
+#endif
+}
+
+}  // namespace detail
+
+/// A projection key: a string name (`key{"user_created"}`, implicit from string literals and
+/// `std::string`) or a C++ type (`key::of<house_was_sold>()`). A type key never equals a
+/// string key, whatever the type's name. Hashable (`std::hash<key>`), equality by value.
+class key {
+  public:
+    key(const char* name) : value_(std::string(name)) {}         // NOLINT: implicit by design
+    key(std::string name) noexcept : value_(std::move(name)) {}  // NOLINT
+    key(std::string_view name) : value_(std::string(name)) {}    // NOLINT
+
+    template <class T>
+    [[nodiscard]] static key of() noexcept {
+        return key(detail::type_key{&detail::type_tag<std::remove_cvref_t<T>>,
+                                    detail::type_name<std::remove_cvref_t<T>>()});
+    }
+
+    [[nodiscard]] bool is_type() const noexcept { return value_.index() == 1; }
+    /// The string, or a compiler-made description of the type.
+    [[nodiscard]] std::string_view name() const noexcept {
+        if (const auto* text = std::get_if<std::string>(&value_))
+            return *text;
+        return std::get<detail::type_key>(value_).name;
+    }
+    [[nodiscard]] std::size_t hash() const noexcept {
+        if (const auto* text = std::get_if<std::string>(&value_))
+            return std::hash<std::string>{}(*text);
+        return std::hash<const void*>{}(std::get<detail::type_key>(value_).id) ^ 0x9e3779b9U;
+    }
+
+    friend bool operator==(const key& a, const key& b) noexcept { return a.value_ == b.value_; }
+
+  private:
+    explicit key(detail::type_key type) noexcept : value_(type) {}
+    std::variant<std::string, detail::type_key> value_;
+};
+
+/// GoEventBus's `map[string]any`.
+using args = std::unordered_map<std::string, std::any>;
+
+/// What a handler may return (GoEventBus's Result).
+struct result {
+    std::string message;
+};
+
+/// A dynamic event: `event{.id = "evt1", .projection = "user_created", .args = {{"id", 1}}}`.
+struct event {
+    std::string id;
+    key projection = key("");
+    ::eventbus::args args;
+};
+
+}  // namespace v0
+}  // namespace eventbus
+
+template <>
+struct std::hash<eventbus::key> {
+    std::size_t operator()(const eventbus::key& k) const noexcept { return k.hash(); }
+};
+
+namespace eventbus {
+inline namespace v0 {
+
+// dispatcher //////////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+/// A value readable without locks, replaced by copy-on-write. Readers pin the current copy with
+/// a counter; writers (serialized by a mutex, never waiting for readers) swap in a new copy and
+/// retire the old one, freed once no reader is pinned. Used for the handler table and the hooks,
+/// which change rarely and are read on every publish().
+template <class T>
+class snapshot {
+  public:
+    class pin {
+      public:
+        pin(const snapshot& owner, const T* value) noexcept : owner_(&owner), value_(value) {}
+        pin(const pin&) = delete;
+        pin& operator=(const pin&) = delete;
+        ~pin() { owner_->unpin(); }
+        const T& operator*() const noexcept { return *value_; }
+        const T* operator->() const noexcept { return value_; }
+
+      private:
+        const snapshot* owner_;
+        const T* value_;
+    };
+
+    snapshot() : current_(new T{}) {}
+    snapshot(const snapshot&) = delete;
+    snapshot& operator=(const snapshot&) = delete;
+    ~snapshot() {
+        delete current_.load(std::memory_order_relaxed);
+        for (T* old : retired_)
+            delete old;
+    }
+
+    /// Lock-free; allocation-free.
+    [[nodiscard]] pin read() const noexcept {
+        // Seq_cst pin, then seq_cst load: a writer that saw no reader after swapping knows every
+        // later reader loads the new copy (see reclaim_locked).
+        readers_.fetch_add(1, std::memory_order_seq_cst);
+        return pin(*this, current_.load(std::memory_order_seq_cst));
+    }
+
+    /// Applies `change` to a copy and publishes it. Thread-safe; allocates; never waits for
+    /// readers, so it may be called from inside a reader (a handler registering a handler).
+    template <class Change>
+    void update(Change&& change) {
+        std::lock_guard lock(mutex_);
+        auto next = std::make_unique<T>(*current_.load(std::memory_order_relaxed));
+        change(*next);
+        retired_.reserve(retired_.size() + 1);
+        retired_.push_back(current_.exchange(next.release(), std::memory_order_seq_cst));
+        reclaim_locked();
+    }
+
+  private:
+    void unpin() const noexcept {
+        if (readers_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+            has_retired_.load(std::memory_order_relaxed)) {
+            std::unique_lock lock(mutex_, std::try_to_lock);
+            if (lock)
+                reclaim_locked();
+        }
+    }
+
+    // Every retired copy was swapped out before this seq_cst load; a reader not counted here
+    // pins after it and therefore loads a newer copy.
+    void reclaim_locked() const noexcept {
+        if (readers_.load(std::memory_order_seq_cst) != 0) {
+            has_retired_.store(!retired_.empty(), std::memory_order_relaxed);
+            return;
+        }
+        for (T* old : retired_)
+            delete old;
+        retired_.clear();
+        has_retired_.store(false, std::memory_order_relaxed);
+    }
+
+    mutable std::atomic<T*> current_;
+    mutable std::atomic<std::size_t> readers_{0};
+    mutable std::atomic<bool> has_retired_{false};
+    mutable std::mutex mutex_;
+    mutable std::vector<T*> retired_;
+};
+
+/// One registered handler. Calls are counted so that removal can wait for those in flight.
+struct handler_entry {
+    std::function<result(const context&, const args&)> call;
+    std::atomic<std::uint32_t> in_flight{0};
+    std::atomic<bool> removed{false};
+};
+
+/// The handler calls running on this thread, innermost first (to let a handler remove itself).
+struct active_call {
+    const handler_entry* entry;
+    const active_call* outer;
+};
+inline thread_local const active_call* active_calls = nullptr;
+
+}  // namespace detail
+
+/// A handler, made from any invocable of the forms `result(const context&, const args&)` or
+/// `void(const context&, const args&)`. A handler fails by throwing.
+class handler {
+  public:
+    template <class F>
+    requires std::invocable<F&, const context&, const args&> handler(
+        F fn)  // NOLINT: implicit, so lambdas fit a braced dispatcher list
+        : call_(wrap(std::move(fn))) {}
+
+  private:
+    friend class dispatcher;
+
+    template <class F>
+    static std::function<result(const context&, const args&)> wrap(F fn) {
+        using returned = std::invoke_result_t<F&, const context&, const args&>;
+        if constexpr (std::is_void_v<returned>) {
+            return [fn = std::move(fn)](const context& ctx, const args& a) mutable {
+                fn(ctx, a);
+                return result{};
+            };
+        } else {
+            static_assert(std::is_convertible_v<returned, result>,
+                          "a handler returns eventbus::result or void");
+            return [fn = std::move(fn)](const context& ctx, const args& a) mutable -> result {
+                return fn(ctx, a);
+            };
+        }
+    }
+
+    std::function<result(const context&, const args&)> call_;
+};
+
+class dispatcher;
+
+/// What `dispatcher::on` returns: `remove()` unregisters the handler. Dropping the handle does
+/// NOT remove it (handlers live as long as the dispatcher, as in GoEventBus). Must not outlive
+/// the dispatcher when `remove()` is to be called.
+class registration {
+  public:
+    registration() noexcept = default;
+
+    /// Unregisters the handler and waits for its calls in flight on other threads (not for a
+    /// call on this thread: a handler may remove itself). Idempotent. Thread-safe; allocates.
+    void remove();
+
+    [[nodiscard]] explicit operator bool() const noexcept { return entry_ != nullptr; }
+
+  private:
+    friend class dispatcher;
+    registration(dispatcher& owner, key k, std::shared_ptr<detail::handler_entry> entry)
+        : owner_(&owner), key_(std::move(k)), entry_(std::move(entry)) {}
+
+    dispatcher* owner_ = nullptr;
+    key key_ = key("");
+    std::shared_ptr<detail::handler_entry> entry_;
+};
+
+/// Maps keys to handlers. Built like GoEventBus's map literal and changeable at run time from
+/// any thread, including from inside a handler; a change is seen by the next publish().
+class dispatcher {
+  public:
+    struct entry {
+        key projection;
+        handler fn;
+    };
+    using table = std::unordered_map<key, std::vector<std::shared_ptr<detail::handler_entry>>>;
+
+    dispatcher() = default;
+    dispatcher(std::initializer_list<entry> entries) {
+        for (const entry& e : entries)
+            (void)on(e.projection, e.fn);
+    }
+    dispatcher(const dispatcher&) = delete;
+    dispatcher& operator=(const dispatcher&) = delete;
+
+    /// Adds a handler for `projection`, run after those registered before it. Thread-safe;
+    /// allocates (copies the table).
+    registration on(key projection, handler fn) {
+        auto added = std::make_shared<detail::handler_entry>();
+        added->call = std::move(fn.call_);
+        table_.update([&](table& t) { t[projection].push_back(added); });
+        return registration(*this, std::move(projection), std::move(added));
+    }
+
+    /// Lock-free snapshot of the handler table (pinned while the returned object lives).
+    [[nodiscard]] detail::snapshot<table>::pin handlers() const noexcept { return table_.read(); }
+
+  private:
+    friend class registration;
+
+    void remove(const key& projection, const std::shared_ptr<detail::handler_entry>& target) {
+        target->removed.store(true, std::memory_order_seq_cst);
+        table_.update([&](table& t) {
+            auto found = t.find(projection);
+            if (found == t.end())
+                return;
+            std::erase(found->second, target);
+            if (found->second.empty())
+                t.erase(found);
+        });
+        // Wait for calls in flight, except those running on this very thread.
+        std::uint32_t own = 0;
+        for (auto* call = detail::active_calls; call != nullptr; call = call->outer)
+            if (call->entry == target.get())
+                ++own;
+        for (;;) {
+            // Seq_cst: a caller that increments after this load sees `removed` and skips.
+            const std::uint32_t now = target->in_flight.load(std::memory_order_seq_cst);
+            if (now <= own)
+                break;
+            target->in_flight.wait(now, std::memory_order_seq_cst);
+        }
+    }
+
+    detail::snapshot<table> table_;
+};
+
+inline void registration::remove() {
+    if (!entry_)
+        return;
+    owner_->remove(key_, entry_);
+    entry_.reset();
+}
+
+// event store /////////////////////////////////////////////////////////////////////////////////
+
+/// Options of an event_store.
+struct store_options {};
+
+/// A snapshot of a store's counters.
+struct store_metrics {
+    std::uint64_t published = 0;  ///< accepted by subscribe
+    std::uint64_t processed = 0;  ///< handler calls finished, failed ones included
+    std::uint64_t errors = 0;     ///< handler calls that threw
+    std::uint64_t dropped = 0;    ///< overwritten by drop_oldest
+    std::uint64_t unhandled = 0;  ///< events with no handler
+};
+
+/// Calls the rest of the middleware chain, then the handler.
+class next_handler {
+  public:
+    result operator()(const context& ctx, const event& ev) const;
+
+  private:
+    template <overflow_policy>
+    friend class event_store;
+    using middleware_fn = std::function<result(const context&, const event&, const next_handler&)>;
+    next_handler(const std::vector<middleware_fn>& chain, std::size_t index,
+                 const detail::handler_entry& target) noexcept
+        : chain_(&chain), index_(index), target_(&target) {}
+
+    const std::vector<middleware_fn>* chain_;
+    std::size_t index_;
+    const detail::handler_entry* target_;
+};
+
+/// Wraps every handler call: `result(const context&, const event&, const next_handler& next)`;
+/// call `next(ctx, ev)` to go on. The first registered is the outermost.
+using middleware = std::function<result(const context&, const event&, const next_handler&)>;
+using before_hook = std::function<void(const context&, const event&)>;
+/// Sees the result, or the error (`result` is then empty).
+using after_hook =
+    std::function<void(const context&, const event&, const result&, std::exception_ptr)>;
+using error_hook = std::function<void(const context&, const event&, std::exception_ptr)>;
+
+inline result next_handler::operator()(const context& ctx, const event& ev) const {
+    if (index_ < chain_->size())
+        return (*chain_)[index_](ctx, ev, next_handler(*chain_, index_ + 1, *target_));
+    return target_->call(ctx, ev.args);
+}
+
+/// The bus: a ring of events, a dispatcher, hooks and counters. Synchronous: `publish()` runs
+/// handlers on the calling thread.
+template <overflow_policy Policy = drop_oldest>
+class event_store {
+  public:
+    /// Throws `std::invalid_argument` for a capacity of 0 or not a power of two.
+    event_store(eventbus::dispatcher& handlers, std::size_t capacity, store_options = {})
+        : dispatcher_(&handlers), ring_(capacity), handler_ctx_(stop_.get_token()) {}
+
+    event_store(const event_store&) = delete;
+    event_store& operator=(const event_store&) = delete;
+
+    /// Closes (dispatching what was accepted) unless already closed.
+    ~event_store() { (void)close(context{}); }
+
+    /// Enqueues `ev` under the store's policy: `{}`, `errc::buffer_full` (return_error),
+    /// `errc::cancelled` / `errc::deadline_exceeded` (block, when `ctx` ends while waiting), or
+    /// `errc::closed`. Thread-safe, also from inside a handler; lock-free unless it has to sleep
+    /// (block); no allocation beyond what `ev` already owns.
+    [[nodiscard]] std::error_code subscribe(const context& ctx, event ev) {
+        return ring_.push(ctx, std::move(ev));
+    }
+
+    /// Dispatches, in FIFO order on the calling thread, every event enqueued before the call;
+    /// events enqueued meanwhile (also by handlers) wait for the next publish(). Thread-safe:
+    /// with several threads publishing, each event is handled by exactly one of them.
+    void publish() { dispatch_until(ring_.mark()); }
+
+    /// Waits until no other thread is dispatching (sync mode: returns at once when nothing is in
+    /// flight). `ctx`'s error when it ends first. Called from inside a handler, it does not wait
+    /// for the calling thread's own dispatch.
+    std::error_code drain(const context& ctx) {
+        const std::uint32_t own = own_dispatch_depth();
+        return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
+            return active_.load(std::memory_order_seq_cst) <= own ? detail::attempt::ok
+                                                                  : detail::attempt::busy;
+        });
+    }
+
+    /// Stops accepting (subscribe then returns `errc::closed`), dispatches on the caller what
+    /// was accepted, and waits for other threads' dispatches (`ctx`'s error if it ends first).
+    /// Idempotent; the destructor calls it.
+    std::error_code close(const context& ctx) {
+        ring_.close();
+        dispatch_until(std::nullopt);
+        return drain(ctx);
+    }
+
+    [[nodiscard]] bool is_closed() const noexcept { return ring_.is_closed(); }
+
+    /// Thread-safe; counters may lag a dispatch in progress by that dispatch's batch.
+    [[nodiscard]] store_metrics metrics() const noexcept {
+        store_metrics m;
+        m.published = ring_.accepted();
+        m.processed = processed_.load(std::memory_order_relaxed);
+        m.errors = errors_.load(std::memory_order_relaxed);
+        m.dropped = ring_.dropped();
+        m.unhandled = unhandled_.load(std::memory_order_relaxed);
+        return m;
+    }
+
+    /// Hooks and middleware: thread-safe, allocate; seen by the next publish(). Per handler
+    /// call, in GoEventBus's order: before hooks, middleware (first registered outermost),
+    /// handler, after hooks, then error hooks if the call threw. An exception from a before hook
+    /// or middleware fails the call like one from the handler; exceptions from after and error
+    /// hooks are caught and discarded.
+    void use(middleware m) {
+        hooks_.update([&](hook_set& h) { h.chain.push_back(std::move(m)); });
+    }
+    void on_before(before_hook h) {
+        hooks_.update([&](hook_set& set) { set.before.push_back(std::move(h)); });
+    }
+    void on_after(after_hook h) {
+        hooks_.update([&](hook_set& set) { set.after.push_back(std::move(h)); });
+    }
+    void on_error(error_hook h) {
+        hooks_.update([&](hook_set& set) { set.error.push_back(std::move(h)); });
+    }
+
+    [[nodiscard]] std::size_t capacity() const noexcept { return ring_.capacity(); }
+    [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return *dispatcher_; }
+
+  private:
+    struct hook_set {
+        std::vector<middleware> chain;
+        std::vector<before_hook> before;
+        std::vector<after_hook> after;
+        std::vector<error_hook> error;
+    };
+
+    struct batch_counts {
+        std::uint64_t processed = 0;
+        std::uint64_t errors = 0;
+        std::uint64_t unhandled = 0;
+    };
+
+    // Marks this thread as dispatching this store, for drain() called from a handler.
+    struct dispatch_scope {
+        event_store& store;
+        const void* outer_store;
+        std::uint32_t outer_depth;
+
+        explicit dispatch_scope(event_store& s) noexcept
+            : store(s), outer_store(current_store), outer_depth(current_depth) {
+            store.active_.fetch_add(1, std::memory_order_seq_cst);
+            current_depth = current_store == &s ? current_depth + 1 : 1;
+            current_store = &s;
+        }
+        ~dispatch_scope() {
+            current_store = outer_store;
+            current_depth = outer_depth;
+            // Seq_cst RMW then notify: the eventcount protocol (drain re-checks with seq_cst).
+            store.active_.fetch_sub(1, std::memory_order_seq_cst);
+            store.idle_.notify_if_waiting();
+        }
+    };
+    static inline thread_local const void* current_store = nullptr;
+    static inline thread_local std::uint32_t current_depth = 0;
+
+    std::uint32_t own_dispatch_depth() const noexcept {
+        return current_store == this ? current_depth : 0;
+    }
+
+    void dispatch_until(std::optional<std::uint64_t> mark) {
+        dispatch_scope scope(*this);
+        const auto table = dispatcher_->handlers();
+        const auto hooks = hooks_.read();
+        batch_counts counts;
+        for (;;) {
+            std::optional<event> ev = mark ? ring_.try_pop_before(*mark) : ring_.try_pop();
+            if (!ev)
+                break;
+            dispatch(*ev, *table, *hooks, counts);
+        }
+        processed_.fetch_add(counts.processed, std::memory_order_relaxed);
+        errors_.fetch_add(counts.errors, std::memory_order_relaxed);
+        unhandled_.fetch_add(counts.unhandled, std::memory_order_relaxed);
+    }
+
+    void dispatch(const event& ev, const dispatcher::table& table, const hook_set& hooks,
+                  batch_counts& counts) {
+        const auto found = table.find(ev.projection);
+        if (found == table.end() || found->second.empty()) {
+            ++counts.unhandled;
+            return;
+        }
+        for (const auto& target : found->second)
+            call_one(*target, ev, hooks, counts);
+    }
+
+    void call_one(detail::handler_entry& target, const event& ev, const hook_set& hooks,
+                  batch_counts& counts) {
+        // Seq_cst: pairs with dispatcher::remove (set `removed`, then read in_flight).
+        target.in_flight.fetch_add(1, std::memory_order_seq_cst);
+        struct release_call {
+            detail::handler_entry& target;
+            ~release_call() {
+                target.in_flight.fetch_sub(1, std::memory_order_seq_cst);
+                if (target.removed.load(std::memory_order_seq_cst))
+                    target.in_flight.notify_all();
+            }
+        } release{target};
+        if (target.removed.load(std::memory_order_seq_cst))
+            return;
+
+        const detail::active_call frame{&target, detail::active_calls};
+        detail::active_calls = &frame;
+        struct pop_frame {
+            const detail::active_call* outer;
+            ~pop_frame() { detail::active_calls = outer; }
+        } restore{frame.outer};
+
+        result outcome;
+        std::exception_ptr error;
+        try {
+            for (const auto& hook : hooks.before)
+                hook(handler_ctx_, ev);
+            outcome = next_handler(hooks.chain, 0, target)(handler_ctx_, ev);
+        } catch (...) {
+            error = std::current_exception();
+        }
+        ++counts.processed;
+        if (error)
+            ++counts.errors;
+        for (const auto& hook : hooks.after) {
+            try {
+                hook(handler_ctx_, ev, outcome, error);
+            } catch (...) {
+            }
+        }
+        if (error) {
+            for (const auto& hook : hooks.error) {
+                try {
+                    hook(handler_ctx_, ev, error);
+                } catch (...) {
+                }
+            }
+        }
+    }
+
+    eventbus::dispatcher* dispatcher_;
+    ring_buffer<event, Policy> ring_;
+    std::stop_source stop_;
+    context handler_ctx_;
+    detail::snapshot<hook_set> hooks_;
+    alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
+    std::atomic<std::uint64_t> errors_{0};
+    std::atomic<std::uint64_t> unhandled_{0};
+    std::atomic<std::uint32_t> active_{0};
+    detail::event_count idle_;
 };
 
 }  // namespace v0

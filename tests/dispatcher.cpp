@@ -1,0 +1,190 @@
+// Keys and the dispatcher: key equality and hashing, braced construction like Go's map literal,
+// several handlers per key, removal (also from inside a handler, and waiting for calls in
+// flight), and registration racing publication.
+#include <eventbus/eventbus.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "catch.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using eventbus::args;
+using eventbus::context;
+using eventbus::dispatcher;
+using eventbus::event;
+using eventbus::event_store;
+using eventbus::key;
+using eventbus::result;
+
+namespace {
+struct house_was_sold {};
+struct user_created {};
+
+event make(key projection, std::string id = "") {
+    return event{.id = std::move(id), .projection = std::move(projection), .args = {}};
+}
+}  // namespace
+
+TEST_CASE("keys compare by value and hash consistently", "[key]") {
+    const std::string name = "user_created";
+    CHECK(key("user_created") == key(name));
+    CHECK(key(std::string_view("user_created")) == key(name));
+    CHECK(key("a") != key("b"));
+    CHECK(std::hash<key>{}(key("user_created")) == std::hash<key>{}(key(name)));
+
+    CHECK(key::of<house_was_sold>() == key::of<house_was_sold>());
+    CHECK(key::of<const house_was_sold&>() == key::of<house_was_sold>());
+    CHECK(key::of<house_was_sold>() != key::of<user_created>());
+    CHECK(key::of<house_was_sold>().is_type());
+    CHECK_FALSE(key("x").is_type());
+    CHECK(key::of<house_was_sold>().name().find("house_was_sold") != std::string_view::npos);
+
+    std::unordered_set<key> set{key("a"), key::of<house_was_sold>(), key("a")};
+    CHECK(set.size() == 2);
+}
+
+TEST_CASE("a type key never equals a string key, whatever the type's name", "[key]") {
+    const key type_key = key::of<user_created>();
+    CHECK(type_key != key(std::string(type_key.name())));
+    CHECK(type_key != key("user_created"));
+    CHECK(type_key != key(""));
+}
+
+TEST_CASE("a dispatcher is built like a Go map literal and runs handlers in order",
+          "[dispatcher]") {
+    std::vector<std::string> calls;
+    dispatcher handlers{
+        {"user_created",
+         [&](const context&, const args& a) {
+             calls.push_back("user " + std::any_cast<std::string>(a.at("id")));
+             return result{"handled user_created"};
+         }},
+        {key::of<house_was_sold>(), [&](const context&, const args&) { calls.push_back("house"); }},
+    };
+    (void)handlers.on("user_created",
+                      [&](const context&, const args&) { calls.push_back("second"); });
+
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe(
+        {},
+        event{.id = "1", .projection = "user_created", .args = {{"id", std::string("12345")}}}));
+    REQUIRE_FALSE(store.subscribe({}, make(key::of<house_was_sold>())));
+    store.publish();
+    CHECK(calls == std::vector<std::string>{"user 12345", "second", "house"});
+}
+
+TEST_CASE("remove() unregisters a handler; dropping the handle does not", "[dispatcher]") {
+    int first = 0;
+    int second = 0;
+    dispatcher handlers;
+    auto reg = handlers.on("k", [&](const context&, const args&) { ++first; });
+    {
+        auto dropped = handlers.on("k", [&](const context&, const args&) { ++second; });
+        CHECK(dropped);
+    }
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    store.publish();
+    CHECK(first == 1);
+    CHECK(second == 1);
+
+    CHECK(reg);
+    reg.remove();
+    CHECK_FALSE(reg);
+    reg.remove();  // idempotent
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    store.publish();
+    CHECK(first == 1);
+    CHECK(second == 2);
+    CHECK(store.metrics().unhandled == 0);
+}
+
+TEST_CASE("a handler may remove itself and register others from inside", "[dispatcher]") {
+    dispatcher handlers;
+    int self_calls = 0;
+    int added_calls = 0;
+    eventbus::registration self;
+    self = handlers.on("k", [&](const context&, const args&) {
+        ++self_calls;
+        self.remove();  // must not wait for its own call
+        (void)handlers.on("k", [&](const context&, const args&) { ++added_calls; });
+    });
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    store.publish();
+    // The snapshot taken by this publish still lists `self`, but removal is seen at once;
+    // the handler added inside is seen by the next publish.
+    CHECK(self_calls == 1);
+    CHECK(added_calls == 0);
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    store.publish();
+    CHECK(self_calls == 1);
+    CHECK(added_calls == 1);
+}
+
+TEST_CASE("remove() waits for the handler's calls in flight on other threads", "[dispatcher]") {
+    dispatcher handlers;
+    std::atomic<bool> inside{false};
+    std::atomic<bool> finished{false};
+    auto reg = handlers.on("slow", [&](const context&, const args&) {
+        inside = true;
+        std::this_thread::sleep_for(100ms);
+        finished = true;
+    });
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe({}, make("slow")));
+    std::jthread publisher([&] { store.publish(); });
+    while (!inside)
+        std::this_thread::yield();
+    reg.remove();
+    CHECK(finished);  // remove() returned only after the call finished
+}
+
+TEST_CASE("registering and removing while other threads publish", "[dispatcher][stress]") {
+    dispatcher handlers;
+    std::atomic<long> stable_calls{0};
+    (void)handlers.on("k", [&](const context&, const args&) { stable_calls.fetch_add(1); });
+    event_store<eventbus::block> store(handlers, 64);
+    const long events = static_cast<long>(eventbus_test::scaled(20000, 500));
+    std::atomic<bool> done{false};
+    std::atomic<long> removed_calls_after_remove{0};
+    std::atomic<long> failures{0};
+    {
+        std::jthread churn([&] {
+            while (!done) {
+                std::atomic<bool> gone{false};
+                auto reg = handlers.on("k", [&](const context&, const args&) {
+                    if (gone)
+                        removed_calls_after_remove.fetch_add(1);
+                });
+                std::this_thread::yield();
+                reg.remove();
+                gone = true;  // after remove() returns, the handler must never run again
+            }
+        });
+        std::vector<std::jthread> threads;
+        for (int t = 0; t < 2; ++t) {
+            threads.emplace_back([&] {
+                for (long i = 0; i < events / 2; ++i) {
+                    if (store.subscribe({}, make("k")))
+                        failures.fetch_add(1);
+                    if (i % 8 == 0)
+                        store.publish();
+                }
+            });
+        }
+        threads.clear();
+        store.publish();
+        done = true;
+    }
+    CHECK(failures == 0);
+    CHECK(stable_calls == events);
+    CHECK(removed_calls_after_remove == 0);
+}
