@@ -31,9 +31,10 @@ TEST_CASE("errc maps to portable std::errc conditions", "[errc]") {
 }
 
 TEST_CASE("every errc value has its own message", "[errc]") {
-    const eventbus::errc all[] = {eventbus::errc::buffer_full, eventbus::errc::cancelled,
-                                  eventbus::errc::deadline_exceeded, eventbus::errc::closed,
-                                  eventbus::errc::handler_failed};
+    const eventbus::errc all[] = {
+        eventbus::errc::buffer_full,       eventbus::errc::cancelled,
+        eventbus::errc::deadline_exceeded, eventbus::errc::closed,
+        eventbus::errc::handler_failed,    eventbus::errc::would_deadlock};
     for (auto a : all) {
         for (auto b : all) {
             if (a != b)

@@ -465,7 +465,8 @@ TEST_CASE("drain in sync mode returns at once when nothing is in flight", "[stor
     CHECK(store.metrics().unhandled == 0);
 }
 
-TEST_CASE("drain waits for another thread's dispatch, and not for its own", "[store]") {
+TEST_CASE("drain waits for another thread's dispatch; from inside a handler it refuses",
+          "[store]") {
     dispatcher handlers;
     event_store<> store(handlers, 8);
     std::atomic<bool> inside{false};
@@ -473,7 +474,7 @@ TEST_CASE("drain waits for another thread's dispatch, and not for its own", "[st
     std::error_code inner_drain;
     (void)handlers.on("slow", [&](const context&, const args&) {
         inside = true;
-        inner_drain = store.drain(context{}.with_timeout(1s));  // must not wait for itself
+        inner_drain = store.drain({});  // would wait for itself
         std::this_thread::sleep_for(80ms);
         finished = true;
     });
@@ -485,7 +486,24 @@ TEST_CASE("drain waits for another thread's dispatch, and not for its own", "[st
     CHECK_FALSE(store.drain({}));
     CHECK(finished);
     publisher.join();
-    CHECK_FALSE(inner_drain);
+    CHECK(inner_drain == errc::would_deadlock);
+}
+
+TEST_CASE("close from inside a handler dispatches the rest and does not wait for itself",
+          "[store]") {
+    dispatcher handlers;
+    event_store<> store(handlers, 8);
+    int after = 0;
+    std::error_code inner_close;
+    (void)handlers.on("shutdown",
+                      [&](const context&, const args&) { inner_close = store.close({}); });
+    (void)handlers.on("after", [&](const context&, const args&) { ++after; });
+    REQUIRE_FALSE(store.subscribe({}, make("shutdown")));
+    REQUIRE_FALSE(store.subscribe({}, make("after")));
+    store.publish();
+    CHECK_FALSE(inner_close);
+    CHECK(after == 1);
+    CHECK(store.subscribe({}, make("after")) == errc::closed);
 }
 
 TEST_CASE("handlers receive the store's context", "[store]") {

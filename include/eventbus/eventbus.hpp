@@ -15,7 +15,9 @@
 #define EVENTBUS_VERSION_MINOR 1
 #define EVENTBUS_VERSION_PATCH 0
 
+#include <algorithm>
 #include <any>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -79,6 +81,7 @@ enum class errc {
     deadline_exceeded,  ///< the context's deadline passed
     closed,             ///< the ring or store was closed
     handler_failed,     ///< a handler threw (transactions)
+    would_deadlock,     ///< the call would wait for the calling handler itself
 };
 
 namespace detail {
@@ -99,6 +102,8 @@ class error_category_impl final : public std::error_category {
                 return "closed";
             case errc::handler_failed:
                 return "handler failed";
+            case errc::would_deadlock:
+                return "would wait for the calling handler itself";
         }
         return "unknown eventbus error " + std::to_string(value);
     }
@@ -542,7 +547,6 @@ class ring_buffer {
 
     [[nodiscard]] bool approx_empty() const noexcept { return approx_size() == 0; }
 
-    /// Elements discarded by drop_oldest so far (always 0 under the other policies).
     /// Elements accepted by pushes since construction (popped, dropped or still inside).
     [[nodiscard]] std::uint64_t accepted() const noexcept { return (mark() - start_) / step; }
 
@@ -559,6 +563,13 @@ class ring_buffer {
         return out;
     }
 
+    /// A position just after every element popped or dropped so far. Once it has passed a
+    /// `mark()`, every element accepted before that mark has been taken out.
+    [[nodiscard]] std::uint64_t consumed_mark() const noexcept {
+        return indices_.head.load(std::memory_order_seq_cst);
+    }
+
+    /// Elements discarded by drop_oldest so far (always 0 under the other policies).
     [[nodiscard]] std::uint64_t dropped() const noexcept {
         return dropped_.value.load(std::memory_order_relaxed);
     }
@@ -1082,7 +1093,16 @@ inline void registration::remove() {
 // event store /////////////////////////////////////////////////////////////////////////////////
 
 /// Options of an event_store.
-struct store_options {};
+struct store_options {
+    /// Run handlers on a pool of worker threads fed straight from the ring (publish() then only
+    /// makes events eligible and returns). Otherwise publish() runs them on the caller.
+    bool async = false;
+    /// Worker threads in async mode; 0 means std::thread::hardware_concurrency() (at least 1).
+    std::size_t workers = 0;
+    /// Async mode: events with the same key are handled one at a time, in FIFO order, while
+    /// different keys run in parallel. Costs a short mutex around each pop.
+    bool ordered_by_key = false;
+};
 
 /// A snapshot of a store's counters.
 struct store_metrics {
@@ -1126,20 +1146,63 @@ inline result next_handler::operator()(const context& ctx, const event& ev) cons
     return target_->call(ctx, ev.args);
 }
 
-/// The bus: a ring of events, a dispatcher, hooks and counters. Synchronous: `publish()` runs
-/// handlers on the calling thread.
+namespace detail {
+
+/// The dispatches running on this thread, innermost first: lets a store see that it is called
+/// from inside one of its own handlers.
+struct dispatch_frame {
+    const void* store;
+    const dispatch_frame* outer;
+};
+inline thread_local const dispatch_frame* dispatch_frames = nullptr;
+
+inline bool inside_dispatch_of(const void* store) noexcept {
+    for (auto* frame = dispatch_frames; frame != nullptr; frame = frame->outer)
+        if (frame->store == store)
+            return true;
+    return false;
+}
+
+}  // namespace detail
+
+/// The bus: a ring of events, a dispatcher, hooks and counters.
+///
+/// Sync mode (default): `publish()` runs handlers on the calling thread. Async mode
+/// (`store_options{.async = true}`): worker threads, started by the constructor, take events
+/// straight from the ring once a `publish()` has made them eligible.
 template <overflow_policy Policy = drop_oldest>
 class event_store {
   public:
-    /// Throws `std::invalid_argument` for a capacity of 0 or not a power of two.
-    event_store(eventbus::dispatcher& handlers, std::size_t capacity, store_options = {})
-        : dispatcher_(&handlers), ring_(capacity), handler_ctx_(stop_.get_token()) {}
+    /// Throws `std::invalid_argument` for a capacity of 0 or not a power of two. In async mode
+    /// starts the workers (std::system_error if a thread cannot be started).
+    event_store(eventbus::dispatcher& handlers, std::size_t capacity, store_options options = {})
+        : dispatcher_(&handlers)
+        , ring_(capacity)
+        , options_(options)
+        , handler_ctx_(stop_.get_token())
+        , eligible_(ring_.mark()) {
+        if (!options_.async)
+            return;
+        std::size_t count = options_.workers;
+        if (count == 0)
+            count = std::max<std::size_t>(1, std::thread::hardware_concurrency());
+        options_.workers = count;
+        workers_.reserve(count);
+        try {
+            for (std::size_t i = 0; i < count; ++i)
+                workers_.emplace_back([this] { work(); });
+        } catch (...) {
+            stop_workers();
+            throw;
+        }
+    }
 
     event_store(const event_store&) = delete;
     event_store& operator=(const event_store&) = delete;
 
-    /// Closes (dispatching what was accepted) unless already closed.
-    ~event_store() { (void)close(context{}); }
+    /// Closes, waiting until everything accepted has been handled, and joins the workers.
+    /// Must not run on one of the store's own handler threads.
+    ~event_store() { stop_workers(); }
 
     /// Enqueues `ev` under the store's policy: `{}`, `errc::buffer_full` (return_error),
     /// `errc::cancelled` / `errc::deadline_exceeded` (block, when `ctx` ends while waiting), or
@@ -1149,34 +1212,77 @@ class event_store {
         return ring_.push(ctx, std::move(ev));
     }
 
-    /// Dispatches, in FIFO order on the calling thread, every event enqueued before the call;
-    /// events enqueued meanwhile (also by handlers) wait for the next publish(). Thread-safe:
-    /// with several threads publishing, each event is handled by exactly one of them.
-    void publish() { dispatch_until(ring_.mark()); }
+    /// Sync: dispatches, in FIFO order on the calling thread, every event enqueued before the
+    /// call; events enqueued meanwhile (also by handlers) wait for the next publish(). With
+    /// several threads publishing, each event is handled by exactly one of them.
+    /// Async: makes every event enqueued before the call eligible for the workers and returns
+    /// without waiting. Thread-safe, also from inside a handler; lock-free.
+    void publish() {
+        if (options_.async) {
+            make_eligible(ring_.mark());
+        } else {
+            dispatch_until(ring_.mark());
+        }
+    }
 
-    /// Waits until no other thread is dispatching (sync mode: returns at once when nothing is in
-    /// flight). `ctx`'s error when it ends first. Called from inside a handler, it does not wait
-    /// for the calling thread's own dispatch.
+    /// Waits until every event made eligible by a publish() that returned before this call has
+    /// been handled (sync: until no other thread is dispatching; returns at once when nothing
+    /// is in flight). Returns `ctx`'s error if it ends first, `errc::would_deadlock` when called
+    /// from inside one of this store's handlers (it would wait for itself). The store stays
+    /// usable. Thread-safe; sleeps (no polling).
     std::error_code drain(const context& ctx) {
-        const std::uint32_t own = own_dispatch_depth();
+        if (detail::inside_dispatch_of(this))
+            return errc::would_deadlock;
+        if (!options_.async) {
+            return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
+                return active_.load(std::memory_order_seq_cst) == 0 ? detail::attempt::ok
+                                                                    : detail::attempt::busy;
+            });
+        }
+        const std::uint64_t target = eligible_.load(std::memory_order_seq_cst);
         return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
-            return active_.load(std::memory_order_seq_cst) <= own ? detail::attempt::ok
-                                                                  : detail::attempt::busy;
+            // Head first, then in_flight: a worker reserves in_flight before its pop moves
+            // head (both seq_cst), so an event taken but unfinished is always counted.
+            const std::uint64_t head = ring_.consumed_mark();
+            if (static_cast<std::int64_t>(head - target) < 0)
+                return detail::attempt::busy;
+            return in_flight_.load(std::memory_order_seq_cst) == 0 ? detail::attempt::ok
+                                                                   : detail::attempt::busy;
         });
     }
 
-    /// Stops accepting (subscribe then returns `errc::closed`), dispatches on the caller what
-    /// was accepted, and waits for other threads' dispatches (`ctx`'s error if it ends first).
-    /// Idempotent; the destructor calls it.
+    /// Stops accepting (subscribe then returns `errc::closed`, blocked subscribers wake with
+    /// it), has everything accepted handled (sync: on the caller; async: by the workers, which
+    /// then exit) and waits for it. If `ctx` ends first, returns its error, triggers the stop
+    /// token of the handlers' context (so long handlers can stop early), and leaves the rest to
+    /// finish in the background; the destructor waits for it. From inside one of this store's
+    /// handlers it does not wait. Idempotent; the destructor calls it.
     std::error_code close(const context& ctx) {
         ring_.close();
-        dispatch_until(std::nullopt);
-        return drain(ctx);
+        if (!options_.async) {
+            dispatch_until(std::nullopt);
+            if (detail::inside_dispatch_of(this))
+                return {};
+            return drain(ctx);
+        }
+        make_eligible(ring_.mark());  // the ring is closed: this is its final tail
+        closing_.store(true, std::memory_order_seq_cst);
+        work_.notify_all();
+        if (detail::inside_dispatch_of(this))
+            return {};
+        const std::error_code error = detail::retry_or_wait(idle_, ctx, [&]() noexcept {
+            return exited_.load(std::memory_order_seq_cst) == workers_.size()
+                       ? detail::attempt::ok
+                       : detail::attempt::busy;
+        });
+        if (error)
+            stop_.request_stop();
+        return error;
     }
 
     [[nodiscard]] bool is_closed() const noexcept { return ring_.is_closed(); }
 
-    /// Thread-safe; counters may lag a dispatch in progress by that dispatch's batch.
+    /// Thread-safe; in sync mode counters may lag a dispatch in progress by its batch.
     [[nodiscard]] store_metrics metrics() const noexcept {
         store_metrics m;
         m.published = ring_.accepted();
@@ -1206,6 +1312,7 @@ class event_store {
     }
 
     [[nodiscard]] std::size_t capacity() const noexcept { return ring_.capacity(); }
+    [[nodiscard]] const store_options& options() const noexcept { return options_; }
     [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return *dispatcher_; }
 
   private:
@@ -1222,31 +1329,150 @@ class event_store {
         std::uint64_t unhandled = 0;
     };
 
-    // Marks this thread as dispatching this store, for drain() called from a handler.
-    struct dispatch_scope {
-        event_store& store;
-        const void* outer_store;
-        std::uint32_t outer_depth;
-
+    // Marks this thread as dispatching this store (sync: counted in active_ for drain).
+    class dispatch_scope {
+      public:
         explicit dispatch_scope(event_store& s) noexcept
-            : store(s), outer_store(current_store), outer_depth(current_depth) {
-            store.active_.fetch_add(1, std::memory_order_seq_cst);
-            current_depth = current_store == &s ? current_depth + 1 : 1;
-            current_store = &s;
+            : store_(s), frame_{&s, detail::dispatch_frames} {
+            if (!store_.options_.async)
+                store_.active_.fetch_add(1, std::memory_order_seq_cst);
+            detail::dispatch_frames = &frame_;
         }
+        dispatch_scope(const dispatch_scope&) = delete;
+        dispatch_scope& operator=(const dispatch_scope&) = delete;
         ~dispatch_scope() {
-            current_store = outer_store;
-            current_depth = outer_depth;
-            // Seq_cst RMW then notify: the eventcount protocol (drain re-checks with seq_cst).
-            store.active_.fetch_sub(1, std::memory_order_seq_cst);
-            store.idle_.notify_if_waiting();
+            detail::dispatch_frames = frame_.outer;
+            if (!store_.options_.async) {
+                // Seq_cst RMW, then notify: the eventcount protocol (drain re-checks seq_cst).
+                store_.active_.fetch_sub(1, std::memory_order_seq_cst);
+                store_.idle_.notify_if_waiting();
+            }
         }
-    };
-    static inline thread_local const void* current_store = nullptr;
-    static inline thread_local std::uint32_t current_depth = 0;
 
-    std::uint32_t own_dispatch_depth() const noexcept {
-        return current_store == this ? current_depth : 0;
+      private:
+        event_store& store_;
+        detail::dispatch_frame frame_;
+    };
+
+    // A stripe of keys for ordered_by_key: tickets are taken in pop order (under pop_mutex_),
+    // and a ticket's event is handled when `serving` reaches it.
+    struct alignas(cache_line_size) stripe {
+        std::uint64_t next_ticket = 0;
+        std::atomic<std::uint64_t> serving{0};
+    };
+    static constexpr std::size_t stripe_count = 64;
+
+    void make_eligible(std::uint64_t mark) noexcept {
+        std::uint64_t current = eligible_.load(std::memory_order_relaxed);
+        // Seq_cst RMW: the eventcount protocol with the workers' seq_cst re-check.
+        while (static_cast<std::int64_t>(mark - current) > 0 &&
+               !eligible_.compare_exchange_weak(current, mark, std::memory_order_seq_cst,
+                                                std::memory_order_relaxed)) {
+        }
+        work_.notify_if_waiting();
+    }
+
+    void finish_one() noexcept {
+        // Seq_cst RMW, then notify: drain re-checks in_flight with a seq_cst load.
+        in_flight_.fetch_sub(1, std::memory_order_seq_cst);
+        idle_.notify_if_waiting();
+    }
+
+    // Takes the next eligible event, reserving in_flight first (see drain).
+    std::optional<event> take(stripe*& lane, std::uint64_t& ticket) {
+        in_flight_.fetch_add(1, std::memory_order_seq_cst);
+        std::optional<event> ev;
+        if (options_.ordered_by_key) {
+            std::lock_guard lock(pop_mutex_);
+            ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
+            if (ev) {
+                lane = &stripes_[std::hash<key>{}(ev->projection) % stripe_count];
+                ticket = lane->next_ticket++;
+            }
+        } else {
+            ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
+        }
+        if (!ev)
+            finish_one();
+        return ev;
+    }
+
+    void work() {
+        dispatch_scope scope(*this);
+        const context never;
+        detail::backoff idle;
+        for (;;) {
+            stripe* lane = nullptr;
+            std::uint64_t ticket = 0;
+            std::optional<event> ev = take(lane, ticket);
+            if (!ev) {
+                if (closing_.load(std::memory_order_seq_cst)) {
+                    // eligible_ already holds the closed ring's final tail: one more look.
+                    ev = take(lane, ticket);
+                    if (!ev)
+                        break;
+                } else if (!idle.is_completed()) {
+                    idle.snooze();
+                    continue;
+                } else {
+                    const std::uint32_t key = work_.prepare_wait();
+                    ev = take(lane, ticket);
+                    if (!ev && !closing_.load(std::memory_order_seq_cst))
+                        (void)work_.wait(key, never);
+                    work_.finish_wait();
+                    if (!ev)
+                        continue;
+                }
+            }
+            idle = detail::backoff{};
+            handle_taken(*ev, lane, ticket);
+        }
+        exited_.fetch_add(1, std::memory_order_seq_cst);
+        idle_.notify_if_waiting();
+    }
+
+    void handle_taken(const event& ev, stripe* lane, std::uint64_t ticket) {
+        if (lane != nullptr) {
+            for (std::uint64_t now;
+                 (now = lane->serving.load(std::memory_order_acquire)) != ticket;)
+                lane->serving.wait(now, std::memory_order_acquire);
+        }
+        {
+            const auto table = dispatcher_->handlers();
+            const auto hooks = hooks_.read();
+            batch_counts counts;
+            dispatch(ev, *table, *hooks, counts);
+            add(counts);
+        }
+        if (lane != nullptr) {
+            // Release: this event's handling happens before the next ticket's.
+            lane->serving.fetch_add(1, std::memory_order_release);
+            lane->serving.notify_all();
+        }
+        finish_one();
+    }
+
+    void stop_workers() noexcept {
+        if (!options_.async) {
+            (void)close(context{});
+            return;
+        }
+        ring_.close();
+        make_eligible(ring_.mark());
+        closing_.store(true, std::memory_order_seq_cst);
+        work_.notify_all();
+        for (auto& worker : workers_)
+            if (worker.joinable())
+                worker.join();
+    }
+
+    void add(const batch_counts& counts) noexcept {
+        if (counts.processed)
+            processed_.fetch_add(counts.processed, std::memory_order_relaxed);
+        if (counts.errors)
+            errors_.fetch_add(counts.errors, std::memory_order_relaxed);
+        if (counts.unhandled)
+            unhandled_.fetch_add(counts.unhandled, std::memory_order_relaxed);
     }
 
     void dispatch_until(std::optional<std::uint64_t> mark) {
@@ -1260,9 +1486,7 @@ class event_store {
                 break;
             dispatch(*ev, *table, *hooks, counts);
         }
-        processed_.fetch_add(counts.processed, std::memory_order_relaxed);
-        errors_.fetch_add(counts.errors, std::memory_order_relaxed);
-        unhandled_.fetch_add(counts.unhandled, std::memory_order_relaxed);
+        add(counts);
     }
 
     void dispatch(const event& ev, const dispatcher::table& table, const hook_set& hooks,
@@ -1328,14 +1552,24 @@ class event_store {
 
     eventbus::dispatcher* dispatcher_;
     ring_buffer<event, Policy> ring_;
-    std::stop_source stop_;
+    store_options options_;
+    std::stop_source stop_;  // handlers' context: stopped by a close() whose context ended
     context handler_ctx_;
     detail::snapshot<hook_set> hooks_;
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> errors_{0};
     std::atomic<std::uint64_t> unhandled_{0};
-    std::atomic<std::uint32_t> active_{0};
-    detail::event_count idle_;
+    // Sync: threads inside a dispatch. Async: events taken (or being taken) and not finished.
+    alignas(cache_line_size) std::atomic<std::uint32_t> active_{0};
+    std::atomic<std::uint64_t> in_flight_{0};
+    alignas(cache_line_size) std::atomic<std::uint64_t> eligible_;  // async: publish()'s mark
+    std::atomic<bool> closing_{false};
+    std::atomic<std::size_t> exited_{0};
+    detail::event_count work_;  // idle workers sleep here
+    detail::event_count idle_;  // drain() and close() sleep here
+    std::mutex pop_mutex_;      // ordered_by_key only
+    std::array<stripe, stripe_count> stripes_{};
+    std::vector<std::jthread> workers_;
 };
 
 }  // namespace v0

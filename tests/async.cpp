@@ -1,0 +1,320 @@
+// event_store in async mode: workers fed straight from the ring, drain and close on atomic
+// in-flight counters, idle workers asleep, per-key ordering, and every event handled once.
+#include <eventbus/eventbus.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/resource.h>
+
+#include "catch.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using eventbus::args;
+using eventbus::block;
+using eventbus::context;
+using eventbus::dispatcher;
+using eventbus::errc;
+using eventbus::event;
+using eventbus::event_store;
+using eventbus::key;
+using eventbus::result;
+using eventbus::store_options;
+using eventbus_test::scaled;
+
+namespace {
+
+event make(key projection, eventbus::args a = {}) {
+    return event{.id = "", .projection = std::move(projection), .args = std::move(a)};
+}
+
+store_options async_with(std::size_t workers) {
+    return store_options{.async = true, .workers = workers};
+}
+
+std::chrono::microseconds process_cpu_time() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return std::chrono::seconds(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+           std::chrono::microseconds(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
+}  // namespace
+
+TEST_CASE("async: 5 events, publish, drain gives metrics 5/5/0", "[async]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"e", [&](const context&, const args&) { calls.fetch_add(1); }}};
+    event_store<> store(handlers, 64, async_with(2));
+    CHECK(store.options().workers == 2);
+    for (int i = 0; i < 5; ++i)
+        REQUIRE_FALSE(store.subscribe({}, make("e")));
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(calls == 5);
+    const auto m = store.metrics();
+    CHECK(m.published == 5);
+    CHECK(m.processed == 5);
+    CHECK(m.errors == 0);
+}
+
+TEST_CASE("async: zero workers means one per hardware thread", "[async]") {
+    dispatcher handlers;
+    event_store<> store(handlers, 8, async_with(0));
+    CHECK(store.options().workers >= 1);
+}
+
+TEST_CASE("async: publish returns without waiting for handlers", "[async]") {
+    std::atomic<bool> release{false};
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"e", [&](const context&, const args&) {
+                             while (!release)
+                                 std::this_thread::sleep_for(1ms);
+                             calls.fetch_add(1);
+                         }}};
+    event_store<> store(handlers, 8, async_with(1));
+    REQUIRE_FALSE(store.subscribe({}, make("e")));
+    store.publish();  // would hang here if it waited
+    CHECK(calls == 0);
+    release = true;
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(calls == 1);
+}
+
+TEST_CASE("async: drain with a 10 ms deadline while a handler sleeps 100 ms", "[async]") {
+    dispatcher handlers{
+        {"slow", [](const context&, const args&) { std::this_thread::sleep_for(100ms); }}};
+    event_store<> store(handlers, 8, async_with(2));
+    REQUIRE_FALSE(store.subscribe({}, make("slow")));
+    store.publish();
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(store.drain(context{}.with_timeout(10ms)) == errc::deadline_exceeded);
+    CHECK(std::chrono::steady_clock::now() - start >= 10ms);
+    REQUIRE_FALSE(store.drain({}));  // still usable, and now it completes
+    CHECK(store.metrics().processed == 1);
+}
+
+TEST_CASE("async: drain without publish leaves pending events untouched", "[async]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"e", [&](const context&, const args&) { calls.fetch_add(1); }}};
+    event_store<> store(handlers, 8, async_with(2));
+    for (int i = 0; i < 3; ++i)
+        REQUIRE_FALSE(store.subscribe({}, make("e")));
+    REQUIRE_FALSE(store.drain(context{}.with_timeout(1s)));
+    std::this_thread::sleep_for(20ms);
+    CHECK(calls == 0);
+    CHECK(store.metrics().processed == 0);
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(calls == 3);
+}
+
+TEST_CASE("async: close releases blocked producers with errc::closed and handles the rest",
+          "[async]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"e", [&](const context&, const args&) { calls.fetch_add(1); }}};
+    event_store<block> store(handlers, 2, async_with(2));
+    REQUIRE_FALSE(store.subscribe({}, make("e")));
+    REQUIRE_FALSE(store.subscribe({}, make("e")));  // full, nothing published yet
+    std::vector<std::error_code> results(3);
+    {
+        std::vector<std::jthread> producers;
+        for (auto& r : results)
+            producers.emplace_back([&] { r = store.subscribe({}, make("e")); });
+        std::this_thread::sleep_for(30ms);
+        REQUIRE_FALSE(store.close({}));
+    }
+    for (const auto& r : results)
+        CHECK(r == errc::closed);
+    CHECK(calls == 2);  // what was accepted is handled, though never published
+    CHECK(store.metrics().processed == 2);
+}
+
+TEST_CASE("async: publish and subscribe after close never crash", "[async]") {
+    dispatcher handlers{{"e", [](const context&, const args&) {}}};
+    event_store<> store(handlers, 8, async_with(2));
+    REQUIRE_FALSE(store.close({}));
+    CHECK(store.subscribe({}, make("e")) == errc::closed);
+    store.publish();
+    CHECK_FALSE(store.drain({}));
+    CHECK_FALSE(store.close({}));
+}
+
+TEST_CASE("async: a throwing handler is counted and reported; the worker survives", "[async]") {
+    std::atomic<int> ok_calls{0};
+    dispatcher handlers{
+        {"boom", [](const context&, const args&) -> result { throw std::runtime_error("boom"); }},
+        {"ok", [&](const context&, const args&) { ok_calls.fetch_add(1); }},
+    };
+    event_store<> store(handlers, 64, async_with(1));
+    std::atomic<int> reported{0};
+    store.on_error([&](const context&, const event&, std::exception_ptr e) {
+        if (e)
+            reported.fetch_add(1);
+    });
+    for (int i = 0; i < 10; ++i) {
+        REQUIRE_FALSE(store.subscribe({}, make("boom")));
+        REQUIRE_FALSE(store.subscribe({}, make("ok")));
+    }
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(reported == 10);
+    CHECK(ok_calls == 10);
+    const auto m = store.metrics();
+    CHECK(m.errors == 10);
+    CHECK(m.processed == 20);
+}
+
+TEST_CASE("async: a producer blocked on a full store is woken when a worker frees a slot",
+          "[async]") {
+    dispatcher handlers{{"e", [](const context&, const args&) {}}};
+    event_store<block> store(handlers, 1, async_with(1));
+    REQUIRE_FALSE(store.subscribe({}, make("e")));
+    std::error_code result_code = errc::closed;
+    std::jthread producer(
+        [&] { result_code = store.subscribe(context{}.with_timeout(5s), make("e")); });
+    std::this_thread::sleep_for(20ms);
+    store.publish();  // the worker takes the first event, freeing the slot
+    producer.join();
+    CHECK_FALSE(result_code);
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(store.metrics().processed == 2);
+}
+
+TEST_CASE("async: close with a cancelled context stops long handlers early", "[async]") {
+    std::atomic<bool> started{false};
+    std::atomic<bool> saw_stop{false};
+    dispatcher handlers{{"long", [&](const context& ctx, const args&) {
+                             started = true;
+                             const auto give_up = std::chrono::steady_clock::now() + 10s;
+                             while (!ctx.done() && std::chrono::steady_clock::now() < give_up)
+                                 std::this_thread::sleep_for(1ms);
+                             saw_stop = ctx.done();
+                         }}};
+    const auto start = std::chrono::steady_clock::now();
+    {
+        event_store<> store(handlers, 8, async_with(1));
+        REQUIRE_FALSE(store.subscribe({}, make("long")));
+        store.publish();
+        while (!started)
+            std::this_thread::yield();
+        std::stop_source cancel;
+        cancel.request_stop();
+        CHECK(store.close(context(cancel.get_token())) == errc::cancelled);
+    }  // the destructor waits for the handler, which stops early
+    CHECK(saw_stop);
+    CHECK(std::chrono::steady_clock::now() - start < 5s);
+}
+
+TEST_CASE("async: 4 producers x 2 workers, every event handled exactly once", "[async][stress]") {
+    const std::size_t per_producer = scaled(250000, 2000);
+    const std::size_t total = 4 * per_producer;
+    auto seen = std::make_unique<std::atomic<std::uint8_t>[]>(total);
+    dispatcher handlers{{"e", [&](const context&, const args& a) {
+                             seen[std::any_cast<std::size_t>(a.at("n"))].fetch_add(1);
+                         }}};
+    event_store<block> store(handlers, 1024, async_with(2));
+    std::atomic<int> failures{0};
+    std::atomic<int> producing{4};
+    {
+        std::vector<std::jthread> threads;
+        for (std::size_t p = 0; p < 4; ++p) {
+            threads.emplace_back([&, p] {
+                for (std::size_t i = 0; i < per_producer; ++i)
+                    if (store.subscribe({}, make("e", {{"n", p * per_producer + i}})))
+                        failures.fetch_add(1);
+                producing.fetch_sub(1);
+            });
+        }
+        threads.emplace_back([&] {
+            while (producing > 0) {
+                store.publish();
+                std::this_thread::yield();
+            }
+        });
+    }
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(failures == 0);
+    std::size_t wrong = 0;
+    for (std::size_t n = 0; n < total; ++n)
+        if (seen[n].load() != 1)
+            ++wrong;
+    CHECK(wrong == 0);
+    const auto m = store.metrics();
+    CHECK(m.published == total);
+    CHECK(m.processed == total);
+}
+
+TEST_CASE("async: ordered_by_key keeps per-key FIFO and one-at-a-time with several workers",
+          "[async][stress]") {
+    constexpr int keys = 4;
+    const int per_key = static_cast<int>(scaled(20000, 500));
+    struct lane {
+        std::vector<int> order;
+        std::atomic<bool> busy{false};
+        std::atomic<int> overlaps{0};
+    };
+    std::vector<lane> lanes(keys);
+    std::atomic<int> parallel_now{0};
+    std::atomic<int> max_parallel{0};
+    dispatcher handlers;
+    for (int k = 0; k < keys; ++k) {
+        (void)handlers.on("k" + std::to_string(k), [&, k](const context&, const args& a) {
+            auto& l = lanes[static_cast<std::size_t>(k)];
+            if (l.busy.exchange(true))
+                l.overlaps.fetch_add(1);
+            const int now = parallel_now.fetch_add(1) + 1;
+            int seen_max = max_parallel.load();
+            while (now > seen_max && !max_parallel.compare_exchange_weak(seen_max, now)) {
+            }
+            l.order.push_back(std::any_cast<int>(a.at("seq")));
+            parallel_now.fetch_sub(1);
+            l.busy.store(false);
+        });
+    }
+    event_store<block> store(handlers, 256,
+                             store_options{.async = true, .workers = 3, .ordered_by_key = true});
+    for (int i = 0; i < per_key; ++i) {
+        for (int k = 0; k < keys; ++k)
+            REQUIRE_FALSE(store.subscribe({}, make("k" + std::to_string(k), {{"seq", i}})));
+        if (i % 16 == 0)
+            store.publish();
+    }
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    for (int k = 0; k < keys; ++k) {
+        const auto& l = lanes[static_cast<std::size_t>(k)];
+        CAPTURE(k);
+        CHECK(l.overlaps == 0);
+        REQUIRE(l.order.size() == static_cast<std::size_t>(per_key));
+        bool fifo = true;
+        for (int i = 0; i < per_key; ++i)
+            fifo = fifo && l.order[static_cast<std::size_t>(i)] == i;
+        CHECK(fifo);
+    }
+    CHECK(store.metrics().processed == static_cast<std::uint64_t>(keys * per_key));
+}
+
+TEST_CASE("async: idle workers sleep instead of spinning", "[async]") {
+    dispatcher handlers{{"e", [](const context&, const args&) {}}};
+    event_store<> store(handlers, 64, async_with(2));
+    // Give the workers something to do first, so they have been awake, then go idle.
+    for (int i = 0; i < 10; ++i)
+        REQUIRE_FALSE(store.subscribe({}, make("e")));
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    std::this_thread::sleep_for(50ms);
+    const auto cpu_before = process_cpu_time();
+    std::this_thread::sleep_for(1s);
+    const auto used = process_cpu_time() - cpu_before;
+    INFO("CPU used by an idle async store with 2 workers over 1 s: " << used.count() << " us");
+    CHECK(used < 50ms);  // a spinning worker would burn ~1 s
+}
