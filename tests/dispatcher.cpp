@@ -188,3 +188,85 @@ TEST_CASE("registering and removing while other threads publish", "[dispatcher][
     CHECK(stable_calls == events);
     CHECK(removed_calls_after_remove == 0);
 }
+
+TEST_CASE("a 'once' handler run by two publishers may remove itself from both", "[dispatcher]") {
+    dispatcher handlers;
+    std::atomic<int> inside{0};
+    std::atomic<int> calls{0};
+    eventbus::registration once;
+    once = handlers.on("k", [&](const context&, const args&) {
+        calls.fetch_add(1);
+        inside.fetch_add(1);
+        const auto give_up = std::chrono::steady_clock::now() + 1s;
+        while (inside < 2 && std::chrono::steady_clock::now() < give_up)
+            std::this_thread::yield();
+        once.remove();  // both threads, same registration, same moment: no deadlock
+    });
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    {
+        std::jthread a([&] { store.publish(); });
+        std::jthread b([&] { store.publish(); });
+    }
+    store.publish();
+    CHECK(calls == 2);
+    CHECK_FALSE(once);
+    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    store.publish();
+    CHECK(calls == 2);
+}
+
+TEST_CASE("removed handlers are freed while another handler is still running", "[dispatcher]") {
+    // A long-running handler keeps its copy of the table; copies made by later registrations
+    // and removals must not pile up behind it, and removed handlers' captures must be freed.
+    dispatcher handlers;
+    eventbus_test::lifetime_counts counts;
+    std::atomic<bool> running{false};
+    std::atomic<bool> release{false};
+    (void)handlers.on("long", [&](const context&, const args&) {
+        running = true;
+        while (!release)
+            std::this_thread::sleep_for(1ms);
+    });
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe({}, make("long")));
+    std::jthread publisher([&] { store.publish(); });
+    while (!running)
+        std::this_thread::yield();
+    for (int i = 0; i < 100; ++i) {
+        auto capture = std::make_shared<eventbus_test::tracked>(counts, i);
+        auto reg = handlers.on("other", [capture](const context&, const args&) {});
+        capture.reset();
+        reg.remove();
+    }
+    // One more update collects what the earlier ones retired while nobody was reading.
+    handlers.on("last", [](const context&, const args&) {}).remove();
+    CHECK(counts.alive() == 0);
+    release = true;
+}
+
+TEST_CASE("a handler whose captures call back into the dispatcher when freed", "[dispatcher]") {
+    dispatcher handlers;
+    int registered_from_destructor = 0;
+    struct calls_back {
+        dispatcher* d = nullptr;
+        int* count = nullptr;
+        ~calls_back() {
+            if (d != nullptr) {
+                (void)d->on("from_destructor", [](const context&, const args&) {});
+                ++*count;
+            }
+        }
+    };
+    {
+        auto guard = std::make_shared<calls_back>();
+        guard->d = &handlers;
+        guard->count = &registered_from_destructor;
+        auto reg = handlers.on("k", [guard](const context&, const args&) {});
+        guard.reset();
+        reg.remove();  // frees the handler, whose capture registers another handler: no deadlock
+        handlers.on("flush", [](const context&, const args&) {}).remove();
+    }
+    CHECK(registered_from_destructor == 1);
+}

@@ -870,91 +870,102 @@ inline namespace v0 {
 
 namespace detail {
 
-/// A value readable without locks, replaced by copy-on-write. Readers pin the current copy with
-/// a counter; writers (serialized by a mutex, never waiting for readers) swap in a new copy and
-/// retire the old one, freed once no reader is pinned. Used for the handler table and the hooks,
-/// which change rarely and are read on every publish().
+/// A value readable without locks, replaced by copy-on-write. Each copy is owned by
+/// shared_ptrs, so a reader keeps exactly the copy it uses for as long as it likes; a reader
+/// counter only guards the instant in which a reader copies the current shared_ptr out of its
+/// holder. Writers (serialized by a mutex, never waiting for readers) swap in a new holder and
+/// free the old ones once no reader is inside that instant. Used for the handler table and the
+/// hooks, which change rarely and are read once per publish() batch.
 template <class T>
 class snapshot {
   public:
-    class pin {
-      public:
-        pin(const snapshot& owner, const T* value) noexcept : owner_(&owner), value_(value) {}
-        pin(const pin&) = delete;
-        pin& operator=(const pin&) = delete;
-        ~pin() { owner_->unpin(); }
-        const T& operator*() const noexcept { return *value_; }
-        const T* operator->() const noexcept { return value_; }
+    using handle = std::shared_ptr<const T>;
 
-      private:
-        const snapshot* owner_;
-        const T* value_;
-    };
-
-    snapshot() : current_(new T{}) {}
+    snapshot() : current_(new holder{std::make_shared<const T>()}) {}
     snapshot(const snapshot&) = delete;
     snapshot& operator=(const snapshot&) = delete;
     ~snapshot() {
         delete current_.load(std::memory_order_relaxed);
-        for (T* old : retired_)
+        for (holder* old : retired_)
             delete old;
     }
 
-    /// Lock-free; allocation-free.
-    [[nodiscard]] pin read() const noexcept {
-        // Seq_cst pin, then seq_cst load: a writer that saw no reader after swapping knows every
-        // later reader loads the new copy (see reclaim_locked).
+    /// Lock-free (unless it is the reader that finds old copies to free); no allocation.
+    [[nodiscard]] handle read() const noexcept {
+        // Seq_cst enter, then seq_cst load: a writer that saw no reader after swapping knows
+        // every later reader loads the new holder (see take_garbage_locked).
         readers_.fetch_add(1, std::memory_order_seq_cst);
-        return pin(*this, current_.load(std::memory_order_seq_cst));
+        handle value = current_.load(std::memory_order_seq_cst)->value;
+        if (readers_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+            has_retired_.load(std::memory_order_relaxed))
+            collect(std::unique_lock(mutex_, std::try_to_lock));
+        return value;
+    }
+
+    /// Changes with every update: lets a long-lived reader keep its copy until it is stale.
+    [[nodiscard]] std::uint64_t version() const noexcept {
+        return version_.load(std::memory_order_acquire);
     }
 
     /// Applies `change` to a copy and publishes it. Thread-safe; allocates; never waits for
     /// readers, so it may be called from inside a reader (a handler registering a handler).
+    /// If `change` or an allocation throws, nothing changes.
     template <class Change>
     void update(Change&& change) {
-        std::lock_guard lock(mutex_);
-        auto next = std::make_unique<T>(*current_.load(std::memory_order_relaxed));
+        std::unique_lock lock(mutex_);
+        auto next = std::make_shared<T>(*current_.load(std::memory_order_relaxed)->value);
         change(*next);
-        retired_.reserve(retired_.size() + 1);
-        retired_.push_back(current_.exchange(next.release(), std::memory_order_seq_cst));
-        reclaim_locked();
+        auto fresh = std::make_unique<holder>(holder{std::move(next)});
+        retired_.push_back(nullptr);  // the only allocation left; nothing has changed yet
+        retired_.back() = current_.exchange(fresh.release(), std::memory_order_seq_cst);
+        // Release: a reader that sees the new version and reads again gets the new copy.
+        version_.fetch_add(1, std::memory_order_release);
+        collect(std::move(lock));
     }
 
   private:
-    void unpin() const noexcept {
-        if (readers_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
-            has_retired_.load(std::memory_order_relaxed)) {
-            std::unique_lock lock(mutex_, std::try_to_lock);
-            if (lock)
-                reclaim_locked();
-        }
-    }
+    struct holder {
+        handle value;
+    };
 
-    // Every retired copy was swapped out before this seq_cst load; a reader not counted here
-    // pins after it and therefore loads a newer copy.
-    void reclaim_locked() const noexcept {
-        if (readers_.load(std::memory_order_seq_cst) != 0) {
-            has_retired_.store(!retired_.empty(), std::memory_order_relaxed);
+    // Frees the retired holders if no reader is copying out of one. Deleting a holder may free
+    // a copy, and with it handlers and their captures, whose destructors may call back into
+    // this snapshot: so the deletes run after the mutex is released.
+    void collect(std::unique_lock<std::mutex> lock) const noexcept {
+        if (!lock)
             return;
-        }
-        for (T* old : retired_)
+        std::vector<holder*> garbage;
+        // Every retired holder was swapped out before this seq_cst load; a reader not counted
+        // here enters after it and therefore loads a newer holder.
+        if (readers_.load(std::memory_order_seq_cst) == 0)
+            garbage.swap(retired_);
+        has_retired_.store(!retired_.empty(), std::memory_order_relaxed);
+        lock.unlock();
+        for (holder* old : garbage)
             delete old;
-        retired_.clear();
-        has_retired_.store(false, std::memory_order_relaxed);
     }
 
-    mutable std::atomic<T*> current_;
+    mutable std::atomic<holder*> current_;
+    std::atomic<std::uint64_t> version_{0};
     mutable std::atomic<std::size_t> readers_{0};
     mutable std::atomic<bool> has_retired_{false};
     mutable std::mutex mutex_;
-    mutable std::vector<T*> retired_;
+    mutable std::vector<holder*> retired_;
 };
 
 /// One registered handler. Calls are counted so that removal can wait for those in flight.
 struct handler_entry {
     std::function<result(const context&, const args&)> call;
-    std::atomic<std::uint32_t> in_flight{0};
+    // Low 32 bits: calls in flight. High 32 bits: those of them whose thread is itself inside
+    // remove() of this entry, which removal must not wait for. One word, so that every change
+    // wakes a waiting remover.
+    std::atomic<std::uint64_t> calls{0};
     std::atomic<bool> removed{false};
+
+    static constexpr std::uint64_t removing_one = std::uint64_t{1} << 32;
+    static constexpr bool settled(std::uint64_t value) noexcept {
+        return (value & (removing_one - 1)) <= (value >> 32);
+    }
 };
 
 /// The handler calls running on this thread, innermost first (to let a handler remove itself).
@@ -1011,7 +1022,10 @@ class registration {
     /// call on this thread: a handler may remove itself). Idempotent. Thread-safe; allocates.
     void remove();
 
-    [[nodiscard]] explicit operator bool() const noexcept { return entry_ != nullptr; }
+    /// True while the handler is registered through this handle.
+    [[nodiscard]] explicit operator bool() const noexcept {
+        return entry_ && !entry_->removed.load(std::memory_order_acquire);
+    }
 
   private:
     friend class dispatcher;
@@ -1050,44 +1064,53 @@ class dispatcher {
         return registration(*this, std::move(projection), std::move(added));
     }
 
-    /// Lock-free snapshot of the handler table (pinned while the returned object lives).
-    [[nodiscard]] detail::snapshot<table>::pin handlers() const noexcept { return table_.read(); }
+    /// The current handler table, lock-free; kept alive as long as the returned pointer.
+    [[nodiscard]] std::shared_ptr<const table> handlers() const noexcept { return table_.read(); }
+    /// Changes whenever the table does.
+    [[nodiscard]] std::uint64_t version() const noexcept { return table_.version(); }
 
   private:
     friend class registration;
 
     void remove(const key& projection, const std::shared_ptr<detail::handler_entry>& target) {
+        using slot = detail::handler_entry;
+        if (!target->removed.load(std::memory_order_acquire)) {
+            table_.update([&](table& t) {
+                auto found = t.find(projection);
+                if (found == t.end())
+                    return;
+                std::erase(found->second, target);
+                if (found->second.empty())
+                    t.erase(found);
+            });
+        }
+        // Seq_cst: a caller that counts itself in after the loads below sees `removed` and
+        // skips the call (call_one checks it after incrementing).
         target->removed.store(true, std::memory_order_seq_cst);
-        table_.update([&](table& t) {
-            auto found = t.find(projection);
-            if (found == t.end())
-                return;
-            std::erase(found->second, target);
-            if (found->second.empty())
-                t.erase(found);
-        });
-        // Wait for calls in flight, except those running on this very thread.
-        std::uint32_t own = 0;
+        // Calls of this handler running on this very thread are not waited for, and neither are
+        // those of other threads that are inside remove() of it too (a "once" handler run by two
+        // publishers removing itself twice at the same moment).
+        std::uint64_t own = 0;
         for (auto* call = detail::active_calls; call != nullptr; call = call->outer)
             if (call->entry == target.get())
-                ++own;
-        for (;;) {
-            // Seq_cst: a caller that increments after this load sees `removed` and skips.
-            const std::uint32_t now = target->in_flight.load(std::memory_order_seq_cst);
-            if (now <= own)
-                break;
-            target->in_flight.wait(now, std::memory_order_seq_cst);
+                own += slot::removing_one;
+        if (own != 0) {
+            target->calls.fetch_add(own, std::memory_order_seq_cst);
+            target->calls.notify_all();
         }
+        for (std::uint64_t now;
+             !slot::settled(now = target->calls.load(std::memory_order_seq_cst));)
+            target->calls.wait(now, std::memory_order_seq_cst);
+        if (own != 0)
+            target->calls.fetch_sub(own, std::memory_order_seq_cst);
     }
 
     detail::snapshot<table> table_;
 };
 
 inline void registration::remove() {
-    if (!entry_)
-        return;
-    owner_->remove(key_, entry_);
-    entry_.reset();
+    if (entry_)
+        owner_->remove(key_, entry_);
 }
 
 // event store /////////////////////////////////////////////////////////////////////////////////
@@ -1259,6 +1282,8 @@ class event_store {
     /// handlers it does not wait. Idempotent; the destructor calls it.
     std::error_code close(const context& ctx) {
         ring_.close();
+        if (ctx.done())
+            stop_.request_stop();  // tell handlers still to run that the closer has given up
         if (!options_.async) {
             dispatch_until(std::nullopt);
             if (detail::inside_dispatch_of(this))
@@ -1344,8 +1369,12 @@ class event_store {
             detail::dispatch_frames = frame_.outer;
             if (!store_.options_.async) {
                 // Seq_cst RMW, then notify: the eventcount protocol (drain re-checks seq_cst).
+                // `notifying_` covers the notify: a close() that sees active_ reach 0 may let
+                // the destructor run, which waits for notifying_ before freeing the store.
+                store_.notifying_.fetch_add(1, std::memory_order_seq_cst);
                 store_.active_.fetch_sub(1, std::memory_order_seq_cst);
                 store_.idle_.notify_if_waiting();
+                store_.notifying_.fetch_sub(1, std::memory_order_release);
             }
         }
 
@@ -1397,10 +1426,40 @@ class event_store {
         return ev;
     }
 
+    // A worker keeps its copies of the handler table and the hooks across events while they
+    // are current (taking them per event would cost shared read-modify-writes), and drops them
+    // before it sleeps so that old copies can be freed.
+    struct worker_view {
+        std::shared_ptr<const dispatcher::table> table;
+        std::shared_ptr<const hook_set> hooks;
+        std::uint64_t table_version = 0;
+        std::uint64_t hooks_version = 0;
+
+        // The event was made eligible by a publish() that every registration before it
+        // happened-before (publish's seq_cst CAS, our seq_cst load of eligible_), so reading
+        // the versions after taking it sees those registrations. Version first, then the copy:
+        // the copy is at least as new as the version.
+        void refresh(const eventbus::dispatcher& handlers, const detail::snapshot<hook_set>& h) {
+            if (const auto v = handlers.version(); !table || v != table_version) {
+                table_version = v;
+                table = handlers.handlers();
+            }
+            if (const auto v = h.version(); !hooks || v != hooks_version) {
+                hooks_version = v;
+                hooks = h.read();
+            }
+        }
+        void release() noexcept {
+            table.reset();
+            hooks.reset();
+        }
+    };
+
     void work() {
         dispatch_scope scope(*this);
         const context never;
         detail::backoff idle;
+        worker_view view;
         for (;;) {
             stripe* lane = nullptr;
             std::uint64_t ticket = 0;
@@ -1415,6 +1474,7 @@ class event_store {
                     idle.snooze();
                     continue;
                 } else {
+                    view.release();
                     const std::uint32_t key = work_.prepare_wait();
                     ev = take(lane, ticket);
                     if (!ev && !closing_.load(std::memory_order_seq_cst))
@@ -1425,23 +1485,24 @@ class event_store {
                 }
             }
             idle = detail::backoff{};
-            handle_taken(*ev, lane, ticket);
+            view.refresh(*dispatcher_, hooks_);
+            handle_taken(*ev, lane, ticket, *view.table, *view.hooks);
         }
+        view.release();
         exited_.fetch_add(1, std::memory_order_seq_cst);
         idle_.notify_if_waiting();
     }
 
-    void handle_taken(const event& ev, stripe* lane, std::uint64_t ticket) {
+    void handle_taken(const event& ev, stripe* lane, std::uint64_t ticket,
+                      const dispatcher::table& table, const hook_set& hooks) {
         if (lane != nullptr) {
             for (std::uint64_t now;
                  (now = lane->serving.load(std::memory_order_acquire)) != ticket;)
                 lane->serving.wait(now, std::memory_order_acquire);
         }
         {
-            const auto table = dispatcher_->handlers();
-            const auto hooks = hooks_.read();
             batch_counts counts;
-            dispatch(ev, *table, *hooks, counts);
+            dispatch(ev, table, hooks, counts);
             add(counts);
         }
         if (lane != nullptr) {
@@ -1455,6 +1516,10 @@ class event_store {
     void stop_workers() noexcept {
         if (!options_.async) {
             (void)close(context{});
+            // Threads that finished dispatching may still be notifying: wait for them (a few
+            // instructions) before the store's memory goes.
+            while (notifying_.load(std::memory_order_seq_cst) != 0)
+                std::this_thread::yield();
             return;
         }
         ring_.close();
@@ -1502,14 +1567,14 @@ class event_store {
 
     void call_one(detail::handler_entry& target, const event& ev, const hook_set& hooks,
                   batch_counts& counts) {
-        // Seq_cst: pairs with dispatcher::remove (set `removed`, then read in_flight).
-        target.in_flight.fetch_add(1, std::memory_order_seq_cst);
+        // Seq_cst: pairs with dispatcher::remove (set `removed`, then read the count).
+        target.calls.fetch_add(1, std::memory_order_seq_cst);
         struct release_call {
             detail::handler_entry& target;
             ~release_call() {
-                target.in_flight.fetch_sub(1, std::memory_order_seq_cst);
+                target.calls.fetch_sub(1, std::memory_order_seq_cst);
                 if (target.removed.load(std::memory_order_seq_cst))
-                    target.in_flight.notify_all();
+                    target.calls.notify_all();
             }
         } release{target};
         if (target.removed.load(std::memory_order_seq_cst))
@@ -1562,6 +1627,7 @@ class event_store {
     // Sync: threads inside a dispatch. Async: events taken (or being taken) and not finished.
     alignas(cache_line_size) std::atomic<std::uint32_t> active_{0};
     std::atomic<std::uint64_t> in_flight_{0};
+    std::atomic<std::uint32_t> notifying_{0};
     alignas(cache_line_size) std::atomic<std::uint64_t> eligible_;  // async: publish()'s mark
     std::atomic<bool> closing_{false};
     std::atomic<std::size_t> exited_{0};
