@@ -57,7 +57,7 @@ def collect(json_file: Path) -> dict[str, float]:
 
 
 def split(name: str) -> tuple[str, str]:
-    parts = [p for p in name.split("/") if p != "real_time"]
+    parts = [p for p in name.split("/") if p not in ("real_time", "manual_time")]
     return parts[0], "/".join(parts[1:]) or parts[0]
 
 
