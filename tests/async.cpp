@@ -318,3 +318,21 @@ TEST_CASE("async: idle workers sleep instead of spinning", "[async]") {
     INFO("CPU used by an idle async store with 2 workers over 1 s: " << used.count() << " us");
     CHECK(used < 50ms);  // a spinning worker would burn ~1 s
 }
+
+TEST_CASE("async: after a close whose context ended, the destructor finishes the rest", "[async]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"e", [&](const context&, const args&) {
+                             std::this_thread::sleep_for(5ms);
+                             calls.fetch_add(1);
+                         }}};
+    {
+        event_store<> store(handlers, 64, async_with(1));
+        for (int i = 0; i < 20; ++i)
+            REQUIRE_FALSE(store.subscribe({}, make("e")));
+        store.publish();
+        CHECK(store.close(context{}.with_timeout(1ms)) == errc::deadline_exceeded);
+        CHECK(store.subscribe({}, make("e")) == errc::closed);
+        CHECK(calls < 20);  // not all done yet when close gave up
+    }
+    CHECK(calls == 20);  // nothing accepted is discarded
+}
