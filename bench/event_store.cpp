@@ -30,6 +30,8 @@
 
 #include <eventbus/eventbus.hpp>
 
+#include "common.hpp"
+
 #include <algorithm>
 #include <any>
 #include <atomic>
@@ -55,27 +57,7 @@ constexpr std::int64_t events_per_iteration = std::int64_t{1} << 16;
 constexpr std::int64_t publish_every = 64;
 constexpr std::size_t line = eventbus::cache_line_size;
 
-// Waits for another thread: a few pauses, then yield (see bench/ring_buffer.cpp: on a 2-core
-// machine with other work a pure pause loop measures the scheduler). Used for both variants.
-class spin_wait {
-  public:
-    void operator()() noexcept {
-        if (spins_ < spin_limit) {
-            ++spins_;
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-            asm volatile("yield" ::: "memory");
-#endif
-        } else {
-            std::this_thread::yield();
-        }
-    }
-
-  private:
-    static constexpr unsigned spin_limit = 16;
-    unsigned spins_ = 0;
-};
+using eventbus_bench::spin_wait;
 
 std::int64_t now_ns() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -367,14 +349,5 @@ void register_benchmarks() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv))
-        return 1;
-    // glibc drops the lock prefix from mutexes and libstdc++ makes shared_ptr counts non-atomic
-    // until a process starts its first thread; start one so single-thread rows are honest.
-    std::thread([] {}).join();
-    register_benchmarks();
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return eventbus_bench::run(argc, argv, register_benchmarks);
 }

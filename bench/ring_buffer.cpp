@@ -28,6 +28,8 @@
 
 #include <eventbus/eventbus.hpp>
 
+#include "common.hpp"
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -45,29 +47,7 @@ constexpr std::size_t capacity = 1024;
 constexpr std::uint64_t items_per_transfer = std::uint64_t{1} << 20;
 constexpr std::size_t line = eventbus::cache_line_size;
 
-// Waits for the other thread of a 1p1c transfer: a few pauses, then yield. On a 2-core machine
-// with other work, a pure pause loop burns the rest of its time slice whenever the thread it waits
-// for is descheduled: measured here, 2-5 us per item for every queue instead of 15-30 ns, i.e.
-// the rows measured the scheduler rather than the queue. The same wait is used for every queue.
-class spin_wait {
-  public:
-    void operator()() noexcept {
-        if (spins_ < spin_limit) {
-            ++spins_;
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-            asm volatile("yield" ::: "memory");
-#endif
-        } else {
-            std::this_thread::yield();
-        }
-    }
-
-  private:
-    static constexpr unsigned spin_limit = 16;  // about 0.3 us of pause on the reference machine
-    unsigned spins_ = 0;
-};
+using eventbus_bench::spin_wait;
 
 // A 32-byte element: a sequence number plus payload, nothrow-movable as the ring requires.
 struct payload32 {
@@ -363,14 +343,5 @@ void register_benchmarks() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv))
-        return 1;
-    // glibc drops the lock prefix from mutexes and libstdc++ makes shared_ptr counts non-atomic
-    // until a process starts its first thread; start one so single-thread rows are honest.
-    std::thread([] {}).join();
-    register_benchmarks();
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return eventbus_bench::run(argc, argv, register_benchmarks);
 }
