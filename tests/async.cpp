@@ -336,3 +336,68 @@ TEST_CASE("async: after a close whose context ended, the destructor finishes the
     }
     CHECK(calls == 20);  // nothing accepted is discarded
 }
+
+TEST_CASE("async: drain returns while other threads keep publishing", "[async]") {
+    // drain() waits for the events it covers, not for a quiet store.
+    std::atomic<long> calls{0};
+    dispatcher handlers{{"e", [&](const context&, const args&) {
+                             std::this_thread::sleep_for(1ms);
+                             calls.fetch_add(1);
+                         }}};
+    event_store<> store(handlers, 1024, async_with(2));
+    std::atomic<bool> stop{false};
+    std::jthread noise([&] {
+        while (!stop) {
+            (void)store.subscribe({}, make("e"));
+            store.publish();
+            std::this_thread::sleep_for(200us);
+        }
+    });
+    for (int round = 0; round < 5; ++round) {
+        for (int i = 0; i < 5; ++i)
+            REQUIRE_FALSE(store.subscribe({}, make("e")));
+        store.publish();
+        CHECK_FALSE(store.drain(context{}.with_timeout(3s)));
+    }
+    stop = true;
+}
+
+TEST_CASE("async: an event's args are destroyed before drain reports it finished", "[async]") {
+    eventbus_test::lifetime_counts counts;
+    dispatcher handlers{{"e", [](const context&, const args&) {}}};
+    event_store<> store(handlers, 64, async_with(2));
+    const int rounds = static_cast<int>(scaled(300, 50));
+    for (int round = 0; round < rounds; ++round) {
+        REQUIRE_FALSE(store.subscribe(
+            {}, make("e", {{"payload", std::make_shared<eventbus_test::tracked>(counts, round)}})));
+        store.publish();
+        REQUIRE_FALSE(store.drain({}));
+        REQUIRE(counts.alive() == 0);
+    }
+}
+
+TEST_CASE("async drop_oldest: close racing overwrites loses nothing it accepted",
+          "[async][stress]") {
+    const std::size_t runs = scaled(300, 30);
+    for (std::size_t run = 0; run < runs; ++run) {
+        std::atomic<std::uint64_t> calls{0};
+        dispatcher handlers{{"e", [&](const context&, const args&) { calls.fetch_add(1); }}};
+        std::uint64_t published = 0;
+        std::uint64_t dropped = 0;
+        {
+            event_store<> store(handlers, 1, async_with(2));
+            std::jthread pusher([&] {
+                while (!store.subscribe({}, make("e")))
+                    store.publish();
+            });
+            std::this_thread::sleep_for(std::chrono::microseconds(50 * (run % 10)));
+            REQUIRE_FALSE(store.close({}));
+            pusher.join();
+            const auto m = store.metrics();
+            published = m.published;
+            dropped = m.dropped;
+            REQUIRE(calls + dropped == published);  // at close() already
+        }
+        REQUIRE(calls + dropped == published);
+    }
+}

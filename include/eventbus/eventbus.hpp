@@ -659,11 +659,14 @@ class ring_buffer {
             } else if (seq + lap_ == tail + 1) {
                 // The slot still holds the element from one lap ago: full, or a pop is under way.
                 if constexpr (std::same_as<Policy, drop_oldest>) {
-                    if (try_replace_oldest(s, tail, std::forward<Args>(args)...))
+                    if (indices_.tail.compare_exchange_weak(tail, tail + step,
+                                                            std::memory_order_seq_cst,
+                                                            std::memory_order_relaxed)) {
+                        replace_oldest(s, tail, std::forward<Args>(args)...);
                         return detail::attempt::ok;
-                    tail = indices_.tail.load(std::memory_order_relaxed);
-                    if (tail & closed_mark)
-                        return detail::attempt::closed;
+                    }
+                    wait.spin();  // the failed CAS reloaded tail (the loop checks the mark)
+                    continue;
                 } else {
                     // Seq_cst: ordered with the consumers' seq_cst head CAS, so a pop that has
                     // begun is seen ("full" is never reported falsely) and a producer about to
@@ -682,39 +685,34 @@ class ring_buffer {
         }
     }
 
-    // drop_oldest on a full ring (crossbeam's force_push): take the oldest element away from the
-    // consumers by moving head past it, then take `tail`. Between the two, no producer can claim
-    // `tail` (the slot's seq is not `tail`) and no other replacer can move head (it moved), so
-    // the slot is ours. False when a consumer got the oldest element first (retry as normal) or
-    // when close() marked tail in between (the caller then sees the mark).
+    // drop_oldest, after claiming `position` on a full ring: make room by taking the oldest
+    // element (one lap back, in this very slot) away from the consumers with a CAS on head, then
+    // write. Claiming tail first keeps head moving forward only, and means a push either took
+    // its position before close() (and completes) or fails without touching anything.
     template <class... Args>
-    bool try_replace_oldest(slot& s, std::uint64_t tail, Args&&... args) noexcept {
-        const std::uint64_t oldest = tail - lap_;
-        std::uint64_t expected = oldest;
-        if (!indices_.head.compare_exchange_strong(
-                expected, oldest + step, std::memory_order_seq_cst, std::memory_order_relaxed))
-            return false;
-        expected = tail;
-        if (!indices_.tail.compare_exchange_strong(expected, tail + step, std::memory_order_seq_cst,
-                                                   std::memory_order_relaxed)) {
-            // Only close() changes tail under us. The push is refused, so give the oldest element
-            // back (it is untouched, its seq unchanged) unless a consumer has already moved head
-            // past it; a consumer holding the stale head value `oldest + step` then fails its CAS.
-            expected = oldest + step;
-            if (indices_.head.compare_exchange_strong(expected, oldest, std::memory_order_seq_cst,
-                                                      std::memory_order_relaxed))
-                return false;
-            // Too late to give it back in order: it is discarded and counted, and the slot is
-            // left free for `tail` so the ring stays consistent.
-            discard(s);
-            s.seq.store(tail, std::memory_order_release);
-            return false;
+    void replace_oldest(slot& s, std::uint64_t position, Args&&... args) noexcept {
+        detail::backoff wait;
+        const std::uint64_t oldest = position - lap_;
+        for (;;) {
+            const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+            if (seq == position)
+                break;  // a consumer took the oldest element and freed the slot: nothing to drop
+            if (seq == oldest + 1) {
+                std::uint64_t expected = oldest;
+                if (indices_.head.compare_exchange_strong(expected, oldest + step,
+                                                          std::memory_order_seq_cst,
+                                                          std::memory_order_relaxed)) {
+                    discard(s);
+                    break;
+                }
+            }
+            // A consumer is taking the oldest element, or the pushes before ours are still
+            // making room for themselves (head has not reached `oldest` yet).
+            wait.snooze();
         }
-        discard(s);
         ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
-        s.seq.store(tail + 1, std::memory_order_release);
+        s.seq.store(position + 1, std::memory_order_release);
         not_empty_.notify_if_waiting();
-        return true;
     }
 
     void discard(slot& s) noexcept {
@@ -1211,9 +1209,10 @@ class event_store {
             count = std::max<std::size_t>(1, std::thread::hardware_concurrency());
         options_.workers = count;
         workers_.reserve(count);
+        taking_ = std::make_unique<taking_slot[]>(count);
         try {
             for (std::size_t i = 0; i < count; ++i)
-                workers_.emplace_back([this] { work(); });
+                workers_.emplace_back([this, i] { work(i); });
         } catch (...) {
             stop_workers();
             throw;
@@ -1264,13 +1263,17 @@ class event_store {
         }
         const std::uint64_t target = eligible_.load(std::memory_order_seq_cst);
         return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
-            // Head first, then in_flight: a worker reserves in_flight before its pop moves
-            // head (both seq_cst), so an event taken but unfinished is always counted.
-            const std::uint64_t head = ring_.consumed_mark();
-            if (static_cast<std::int64_t>(head - target) < 0)
+            // Head first, then the workers: a worker announces a lower bound of the position it
+            // takes before its pop moves head (both seq_cst), so once head has passed `target`,
+            // any worker still holding an event before `target` shows a bound below it.
+            if (static_cast<std::int64_t>(ring_.consumed_mark() - target) < 0)
                 return detail::attempt::busy;
-            return in_flight_.load(std::memory_order_seq_cst) == 0 ? detail::attempt::ok
-                                                                   : detail::attempt::busy;
+            for (std::size_t i = 0; i < workers_.size(); ++i) {
+                const std::uint64_t taking = taking_[i].position.load(std::memory_order_seq_cst);
+                if (taking != no_position && static_cast<std::int64_t>(taking - target) < 0)
+                    return detail::attempt::busy;
+            }
+            return detail::attempt::ok;
         });
     }
 
@@ -1392,24 +1395,27 @@ class event_store {
     static constexpr std::size_t stripe_count = 64;
 
     void make_eligible(std::uint64_t mark) noexcept {
+        // Always a seq_cst RMW, even when `mark` is not newer: it is this publish()'s release to
+        // the workers (what the caller did before, e.g. registering a handler, is seen by them)
+        // and the eventcount protocol's notifier step.
         std::uint64_t current = eligible_.load(std::memory_order_relaxed);
-        // Seq_cst RMW: the eventcount protocol with the workers' seq_cst re-check.
-        while (static_cast<std::int64_t>(mark - current) > 0 &&
-               !eligible_.compare_exchange_weak(current, mark, std::memory_order_seq_cst,
-                                                std::memory_order_relaxed)) {
+        while (!eligible_.compare_exchange_weak(
+            current, static_cast<std::int64_t>(mark - current) > 0 ? mark : current,
+            std::memory_order_seq_cst, std::memory_order_relaxed)) {
         }
         work_.notify_if_waiting();
     }
 
-    void finish_one() noexcept {
-        // Seq_cst RMW, then notify: drain re-checks in_flight with a seq_cst load.
-        in_flight_.fetch_sub(1, std::memory_order_seq_cst);
+    // A worker is done with what it took (the event is destroyed already): drain() may go on.
+    void release_taking(std::size_t worker) noexcept {
+        // Seq_cst RMW, then notify: drain re-checks the slot with a seq_cst load.
+        taking_[worker].position.exchange(no_position, std::memory_order_seq_cst);
         idle_.notify_if_waiting();
     }
 
-    // Takes the next eligible event, reserving in_flight first (see drain).
-    std::optional<event> take(stripe*& lane, std::uint64_t& ticket) {
-        in_flight_.fetch_add(1, std::memory_order_seq_cst);
+    // Takes the next eligible event, announcing first a lower bound of its position (see drain).
+    std::optional<event> take(std::size_t worker, stripe*& lane, std::uint64_t& ticket) {
+        taking_[worker].position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
         std::optional<event> ev;
         if (options_.ordered_by_key) {
             std::lock_guard lock(pop_mutex_);
@@ -1422,7 +1428,7 @@ class event_store {
             ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
         }
         if (!ev)
-            finish_one();
+            release_taking(worker);
         return ev;
     }
 
@@ -1455,7 +1461,7 @@ class event_store {
         }
     };
 
-    void work() {
+    void work(std::size_t worker) {
         dispatch_scope scope(*this);
         const context never;
         detail::backoff idle;
@@ -1463,11 +1469,11 @@ class event_store {
         for (;;) {
             stripe* lane = nullptr;
             std::uint64_t ticket = 0;
-            std::optional<event> ev = take(lane, ticket);
+            std::optional<event> ev = take(worker, lane, ticket);
             if (!ev) {
                 if (closing_.load(std::memory_order_seq_cst)) {
                     // eligible_ already holds the closed ring's final tail: one more look.
-                    ev = take(lane, ticket);
+                    ev = take(worker, lane, ticket);
                     if (!ev)
                         break;
                 } else if (!idle.is_completed()) {
@@ -1476,7 +1482,7 @@ class event_store {
                 } else {
                     view.release();
                     const std::uint32_t key = work_.prepare_wait();
-                    ev = take(lane, ticket);
+                    ev = take(worker, lane, ticket);
                     if (!ev && !closing_.load(std::memory_order_seq_cst))
                         (void)work_.wait(key, never);
                     work_.finish_wait();
@@ -1487,6 +1493,8 @@ class event_store {
             idle = detail::backoff{};
             view.refresh(*dispatcher_, hooks_);
             handle_taken(*ev, lane, ticket, *view.table, *view.hooks);
+            ev.reset();  // the event's args die before drain() can see it finished
+            release_taking(worker);
         }
         view.release();
         exited_.fetch_add(1, std::memory_order_seq_cst);
@@ -1510,7 +1518,6 @@ class event_store {
             lane->serving.fetch_add(1, std::memory_order_release);
             lane->serving.notify_all();
         }
-        finish_one();
     }
 
     void stop_workers() noexcept {
@@ -1626,7 +1633,12 @@ class event_store {
     std::atomic<std::uint64_t> unhandled_{0};
     // Sync: threads inside a dispatch. Async: events taken (or being taken) and not finished.
     alignas(cache_line_size) std::atomic<std::uint32_t> active_{0};
-    std::atomic<std::uint64_t> in_flight_{0};
+    // Async: per worker, a lower bound of the position it is taking or handling.
+    struct alignas(cache_line_size) taking_slot {
+        std::atomic<std::uint64_t> position{no_position};
+    };
+    static constexpr std::uint64_t no_position = ~std::uint64_t{0};
+    std::unique_ptr<taking_slot[]> taking_;
     std::atomic<std::uint32_t> notifying_{0};
     alignas(cache_line_size) std::atomic<std::uint64_t> eligible_;  // async: publish()'s mark
     std::atomic<bool> closing_{false};
