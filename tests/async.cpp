@@ -401,3 +401,35 @@ TEST_CASE("async drop_oldest: close racing overwrites loses nothing it accepted"
         REQUIRE(calls + dropped == published);
     }
 }
+
+TEST_CASE("async ordered_by_key: a busy key never holds up another key", "[async]") {
+    // Events a, a, b with 2 workers: the first a waits until b has been handled. With workers
+    // parked behind the busy key, b would never run.
+    std::string b_key = "b";
+    for (int i = 0; std::hash<key>{}(key(b_key)) % 64 == std::hash<key>{}(key("a")) % 64; ++i)
+        b_key = "b" + std::to_string(i);  // keep a and b on different stripes
+    std::atomic<bool> b_done{false};
+    std::atomic<bool> a_saw_b{false};
+    std::atomic<int> a_calls{0};
+    dispatcher handlers{
+        {"a",
+         [&](const context&, const args&) {
+             if (a_calls.fetch_add(1) == 0) {
+                 const auto give_up = std::chrono::steady_clock::now() + 5s;
+                 while (!b_done && std::chrono::steady_clock::now() < give_up)
+                     std::this_thread::sleep_for(1ms);
+                 a_saw_b = b_done.load();
+             }
+         }},
+        {key(b_key), [&](const context&, const args&) { b_done = true; }},
+    };
+    event_store<> store(handlers, 16,
+                        store_options{.async = true, .workers = 2, .ordered_by_key = true});
+    REQUIRE_FALSE(store.subscribe({}, make("a")));
+    REQUIRE_FALSE(store.subscribe({}, make("a")));
+    REQUIRE_FALSE(store.subscribe({}, make(key(b_key))));
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(a_saw_b);
+    CHECK(a_calls == 2);
+}

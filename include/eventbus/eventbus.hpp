@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <initializer_list>
@@ -1386,11 +1387,13 @@ class event_store {
         detail::dispatch_frame frame_;
     };
 
-    // A stripe of keys for ordered_by_key: tickets are taken in pop order (under pop_mutex_),
-    // and a ticket's event is handled when `serving` reaches it.
-    struct alignas(cache_line_size) stripe {
-        std::uint64_t next_ticket = 0;
-        std::atomic<std::uint64_t> serving{0};
+    // A stripe of keys for ordered_by_key, guarded by pop_mutex_. While a worker owns it, other
+    // workers park its events here, in pop order, and go back to the ring; the owner handles
+    // them before letting go. So a key never runs twice at once and keeps FIFO, and no worker
+    // ever waits for another key's handler.
+    struct stripe {
+        bool owned = false;
+        std::deque<event> parked;
     };
     static constexpr std::size_t stripe_count = 64;
 
@@ -1413,22 +1416,51 @@ class event_store {
         idle_.notify_if_waiting();
     }
 
-    // Takes the next eligible event, announcing first a lower bound of its position (see drain).
-    std::optional<event> take(std::size_t worker, stripe*& lane, std::uint64_t& ticket) {
-        taking_[worker].position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
-        std::optional<event> ev;
-        if (options_.ordered_by_key) {
-            std::lock_guard lock(pop_mutex_);
-            ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
-            if (ev) {
-                lane = &stripes_[std::hash<key>{}(ev->projection) % stripe_count];
-                ticket = lane->next_ticket++;
+    // Takes the next eligible event for this worker, announcing first a lower bound of its
+    // position (see drain). Ordered mode: `lane` is the event's stripe, now owned by this worker;
+    // an event whose stripe is owned by another worker is parked there (the owner's announced
+    // bound still covers it) and the next one is taken.
+    std::optional<event> take(std::size_t worker, stripe*& lane) {
+        for (;;) {
+            taking_[worker].position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
+            std::optional<event> ev;
+            bool parked = false;
+            if (options_.ordered_by_key) {
+                std::lock_guard lock(pop_mutex_);
+                ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
+                if (ev) {
+                    stripe& owner = stripes_[std::hash<key>{}(ev->projection) % stripe_count];
+                    if (owner.owned) {
+                        owner.parked.push_back(std::move(*ev));
+                        ev.reset();
+                        parked = true;
+                    } else {
+                        owner.owned = true;
+                        lane = &owner;
+                    }
+                }
+            } else {
+                ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
             }
-        } else {
-            ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
-        }
-        if (!ev)
+            if (ev)
+                return ev;
             release_taking(worker);
+            if (!parked)
+                return ev;
+        }
+    }
+
+    // Ordered mode: the next event parked on the stripe this worker owns, or none (and the
+    // stripe is let go).
+    std::optional<event> next_parked(stripe& lane) {
+        std::lock_guard lock(pop_mutex_);
+        std::optional<event> ev;
+        if (lane.parked.empty()) {
+            lane.owned = false;
+        } else {
+            ev.emplace(std::move(lane.parked.front()));
+            lane.parked.pop_front();
+        }
         return ev;
     }
 
@@ -1468,12 +1500,11 @@ class event_store {
         worker_view view;
         for (;;) {
             stripe* lane = nullptr;
-            std::uint64_t ticket = 0;
-            std::optional<event> ev = take(worker, lane, ticket);
+            std::optional<event> ev = take(worker, lane);
             if (!ev) {
                 if (closing_.load(std::memory_order_seq_cst)) {
                     // eligible_ already holds the closed ring's final tail: one more look.
-                    ev = take(worker, lane, ticket);
+                    ev = take(worker, lane);
                     if (!ev)
                         break;
                 } else if (!idle.is_completed()) {
@@ -1482,7 +1513,7 @@ class event_store {
                 } else {
                     view.release();
                     const std::uint32_t key = work_.prepare_wait();
-                    ev = take(worker, lane, ticket);
+                    ev = take(worker, lane);
                     if (!ev && !closing_.load(std::memory_order_seq_cst))
                         (void)work_.wait(key, never);
                     work_.finish_wait();
@@ -1491,33 +1522,20 @@ class event_store {
                 }
             }
             idle = detail::backoff{};
-            view.refresh(*dispatcher_, hooks_);
-            handle_taken(*ev, lane, ticket, *view.table, *view.hooks);
-            ev.reset();  // the event's args die before drain() can see it finished
+            do {
+                view.refresh(*dispatcher_, hooks_);
+                batch_counts counts;
+                dispatch(*ev, *view.table, *view.hooks, counts);
+                add(counts);
+                ev.reset();  // the event's args die before drain() can see it finished
+                if (lane != nullptr)
+                    ev = next_parked(*lane);
+            } while (ev);
             release_taking(worker);
         }
         view.release();
         exited_.fetch_add(1, std::memory_order_seq_cst);
         idle_.notify_if_waiting();
-    }
-
-    void handle_taken(const event& ev, stripe* lane, std::uint64_t ticket,
-                      const dispatcher::table& table, const hook_set& hooks) {
-        if (lane != nullptr) {
-            for (std::uint64_t now;
-                 (now = lane->serving.load(std::memory_order_acquire)) != ticket;)
-                lane->serving.wait(now, std::memory_order_acquire);
-        }
-        {
-            batch_counts counts;
-            dispatch(ev, table, hooks, counts);
-            add(counts);
-        }
-        if (lane != nullptr) {
-            // Release: this event's handling happens before the next ticket's.
-            lane->serving.fetch_add(1, std::memory_order_release);
-            lane->serving.notify_all();
-        }
     }
 
     void stop_workers() noexcept {
