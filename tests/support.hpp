@@ -26,6 +26,16 @@ inline std::size_t scaled(std::size_t n, std::size_t minimum = 1) {
     return value < minimum ? minimum : value;
 }
 
+/// How many of `counters[0..n)` are not exactly 1: events handled never or more than once.
+template <class Counter>
+std::size_t not_exactly_once(const Counter* counters, std::size_t n) {
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < n; ++i)
+        if (counters[i].load() != 1)
+            ++wrong;
+    return wrong;
+}
+
 /// Counts constructions and destructions of `tracked` objects and catches double destruction.
 struct lifetime_counts {
     std::atomic<long> constructed{0};
