@@ -728,11 +728,11 @@ class ring_buffer {
         detail::backoff wait;
         std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
         for (;;) {
+            if (limit && static_cast<std::int64_t>(*limit - head) <= 0)
+                return detail::attempt::busy;
             slot& s = slot_at(head);
             // Acquire: pairs with the producer's release; the element is fully constructed.
             const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
-            if (limit && static_cast<std::int64_t>(*limit - head) <= 0)
-                return detail::attempt::busy;
             if (seq == head + 1) {
                 if (indices_.head.compare_exchange_weak(
                         head, head + step, std::memory_order_seq_cst, std::memory_order_relaxed)) {
@@ -1072,7 +1072,7 @@ class dispatcher {
     friend class registration;
 
     void remove(const key& projection, const std::shared_ptr<detail::handler_entry>& target) {
-        using slot = detail::handler_entry;
+        using entry_type = detail::handler_entry;
         if (!target->removed.load(std::memory_order_acquire)) {
             table_.update([&](table& t) {
                 auto found = t.find(projection);
@@ -1092,13 +1092,13 @@ class dispatcher {
         std::uint64_t own = 0;
         for (auto* call = detail::active_calls; call != nullptr; call = call->outer)
             if (call->entry == target.get())
-                own += slot::removing_one;
+                own += entry_type::removing_one;
         if (own != 0) {
             target->calls.fetch_add(own, std::memory_order_seq_cst);
             target->calls.notify_all();
         }
         for (std::uint64_t now;
-             !slot::settled(now = target->calls.load(std::memory_order_seq_cst));)
+             !entry_type::settled(now = target->calls.load(std::memory_order_seq_cst));)
             target->calls.wait(now, std::memory_order_seq_cst);
         if (own != 0)
             target->calls.fetch_sub(own, std::memory_order_seq_cst);
@@ -1294,9 +1294,7 @@ class event_store {
                 return {};
             return drain(ctx);
         }
-        make_eligible(ring_.mark());  // the ring is closed: this is its final tail
-        closing_.store(true, std::memory_order_seq_cst);
-        work_.notify_all();
+        let_workers_finish();
         if (detail::inside_dispatch_of(this))
             return {};
         const std::error_code error = detail::retry_or_wait(idle_, ctx, [&]() noexcept {
@@ -1538,6 +1536,14 @@ class event_store {
         idle_.notify_if_waiting();
     }
 
+    // Async, after ring_.close(): the closed ring's final tail becomes eligible, and workers
+    // exit once they find nothing more before it.
+    void let_workers_finish() noexcept {
+        make_eligible(ring_.mark());
+        closing_.store(true, std::memory_order_seq_cst);
+        work_.notify_all();
+    }
+
     void stop_workers() noexcept {
         if (!options_.async) {
             (void)close(context{});
@@ -1548,9 +1554,7 @@ class event_store {
             return;
         }
         ring_.close();
-        make_eligible(ring_.mark());
-        closing_.store(true, std::memory_order_seq_cst);
-        work_.notify_all();
+        let_workers_finish();
         for (auto& worker : workers_)
             if (worker.joinable())
                 worker.join();
