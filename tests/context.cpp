@@ -31,10 +31,15 @@ TEST_CASE("errc maps to portable std::errc conditions", "[errc]") {
 }
 
 TEST_CASE("every errc value has its own message", "[errc]") {
-    const eventbus::errc all[] = {
-        eventbus::errc::buffer_full,       eventbus::errc::cancelled,
-        eventbus::errc::deadline_exceeded, eventbus::errc::closed,
-        eventbus::errc::handler_failed,    eventbus::errc::would_deadlock};
+    const eventbus::errc all[] = {eventbus::errc::buffer_full,
+                                  eventbus::errc::cancelled,
+                                  eventbus::errc::deadline_exceeded,
+                                  eventbus::errc::closed,
+                                  eventbus::errc::handler_failed,
+                                  eventbus::errc::would_deadlock,
+                                  eventbus::errc::exceeds_capacity,
+                                  eventbus::errc::finished,
+                                  eventbus::errc::dropped};
     for (auto a : all) {
         for (auto b : all) {
             if (a != b)

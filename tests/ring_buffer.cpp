@@ -709,3 +709,183 @@ TEMPLATE_TEST_CASE("lifetimes stay exact under concurrency", "[ring][stress][lif
     CHECK(counts.alive() == 0);
     CHECK(counts.double_destroyed == 0);
 }
+
+// bulk push: one contiguous run or nothing //////////////////////////////////////////////////////
+
+TEMPLATE_TEST_CASE("push_n refuses more than the capacity, whatever the policy", "[ring][bulk]",
+                   drop_oldest, block, return_error) {
+    ring_buffer<int, TestType> ring(4);
+    std::vector<int> five{1, 2, 3, 4, 5};
+    CHECK(ring.try_push_n(five) == errc::exceeds_capacity);
+    CHECK(ring.push_n(context{}, five) == errc::exceeds_capacity);
+    CHECK(ring.accepted() == 0);
+    std::vector<int> none;
+    CHECK_FALSE(ring.try_push_n(none));
+    std::vector<int> four{1, 2, 3, 4};
+    REQUIRE_FALSE(ring.try_push_n(four));
+    for (int expected = 1; expected <= 4; ++expected)
+        CHECK(ring.try_pop() == expected);
+    CHECK_FALSE(ring.try_pop());
+}
+
+TEMPLATE_TEST_CASE("push_n without room for the whole run enqueues nothing", "[ring][bulk]", block,
+                   return_error) {
+    ring_buffer<std::unique_ptr<int>, TestType> ring(4);
+    REQUIRE_FALSE(ring.try_push(std::make_unique<int>(0)));
+    REQUIRE_FALSE(ring.try_push(std::make_unique<int>(1)));
+    std::vector<std::unique_ptr<int>> three;
+    for (int i = 10; i < 13; ++i)
+        three.push_back(std::make_unique<int>(i));
+    CHECK(ring.try_push_n(three) == errc::buffer_full);
+    CHECK(ring.approx_size() == 2);
+    for (const auto& value : three)
+        REQUIRE(value != nullptr);  // still the caller's
+    // One pop makes room for the run: it goes in whole, after the older elements.
+    CHECK(*ring.try_pop().value() == 0);
+    REQUIRE_FALSE(ring.try_push_n(three));
+    for (const auto& value : three)
+        CHECK(value == nullptr);
+    for (int expected : {1, 10, 11, 12})
+        CHECK(*ring.try_pop().value() == expected);
+}
+
+TEST_CASE("drop_oldest push_n makes room by dropping exactly the oldest", "[ring][bulk]") {
+    ring_buffer<int, drop_oldest> ring(4);
+    for (int i = 0; i < 4; ++i)
+        REQUIRE_FALSE(ring.try_push(i));
+    std::vector<int> three{10, 11, 12};
+    REQUIRE_FALSE(ring.try_push_n(three));
+    CHECK(ring.dropped() == 3);
+    for (int expected : {3, 10, 11, 12})
+        CHECK(ring.try_pop() == expected);
+    CHECK_FALSE(ring.try_pop());
+}
+
+TEMPLATE_TEST_CASE("push_n after close is refused", "[ring][bulk]", drop_oldest, block,
+                   return_error) {
+    ring_buffer<int, TestType> ring(4);
+    ring.close();
+    std::vector<int> two{1, 2};
+    CHECK(ring.try_push_n(two) == errc::closed);
+    CHECK(ring.push_n(context{}, two) == errc::closed);
+    std::vector<int> none;
+    CHECK(ring.try_push_n(none) == errc::closed);
+    CHECK(ring.accepted() == 0);
+}
+
+TEST_CASE("block push_n waits until the whole run fits, or its context ends", "[ring][bulk]") {
+    ring_buffer<int, block> ring(4);
+    for (int i = 0; i < 3; ++i)
+        REQUIRE_FALSE(ring.try_push(i));
+    std::vector<int> run{10, 11, 12};
+    CHECK(ring.push_n(context{}.with_timeout(20ms), run) == errc::deadline_exceeded);
+    CHECK(ring.approx_size() == 3);
+
+    std::atomic<bool> pushed{false};
+    std::error_code result;
+    std::jthread producer([&] {
+        result = ring.push_n(context{}, run);
+        pushed = true;
+    });
+    std::this_thread::sleep_for(20ms);
+    CHECK(ring.try_pop() == 0);  // room for 2: not enough
+    std::this_thread::sleep_for(20ms);
+    CHECK_FALSE(pushed.load());
+    CHECK(ring.try_pop() == 1);  // room for 3
+    producer.join();
+    CHECK_FALSE(result);
+    for (int expected : {2, 10, 11, 12})
+        CHECK(ring.try_pop() == expected);
+}
+
+namespace {
+
+// Producers push runs of 1..max_run consecutive values (and single values in between); one
+// consumer checks that each run arrives contiguous: no other producer's value inside it.
+template <class Policy>
+void check_runs_contiguous(std::size_t capacity, std::size_t max_run) {
+    constexpr std::size_t producers = 3;
+    const std::uint64_t per_producer = scaled(30000, 600);
+    ring_buffer<std::uint64_t, Policy> ring(
+        capacity, eventbus::detail::initial_position{near_wrap(capacity, 2)});
+    std::atomic<std::size_t> failures{0};
+    std::atomic<std::size_t> producers_left{producers};
+    // Value layout: producer << 48 | run start << 24 | index; single pushes have run length 1.
+    std::vector<std::uint64_t> got;
+    {
+        std::vector<std::jthread> threads;
+        threads.emplace_back([&] {
+            for (;;) {
+                auto popped = ring.pop(context{});
+                if (!popped) {
+                    if (popped.error != errc::closed)
+                        ++failures;
+                    return;
+                }
+                got.push_back(*popped.value);
+            }
+        });
+        for (std::size_t p = 0; p < producers; ++p) {
+            threads.emplace_back([&, p] {
+                std::uint64_t next = 0;
+                std::size_t length = 1;
+                std::vector<std::uint64_t> run;
+                while (next < per_producer) {
+                    const std::uint64_t count =
+                        std::min<std::uint64_t>(length, per_producer - next);
+                    run.clear();
+                    for (std::uint64_t i = 0; i < count; ++i)
+                        run.push_back((std::uint64_t{p} << 48) | (next << 24) | (next + i));
+                    std::error_code ec;
+                    while ((ec = ring.push_n(context{}, run)) == errc::buffer_full)
+                        std::this_thread::yield();
+                    if (ec)
+                        ++failures;
+                    next += count;
+                    length = length % max_run + 1;
+                }
+                if (producers_left.fetch_sub(1) == 1)
+                    ring.close();
+            });
+        }
+    }
+    REQUIRE(failures == 0);
+    // Every value once (or dropped); each run's surviving values adjacent and in order.
+    std::vector<std::uint64_t> sorted = got;
+    std::sort(sorted.begin(), sorted.end());
+    REQUIRE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
+    REQUIRE(got.size() + ring.dropped() == producers * per_producer);
+    if (!is_drop_oldest<Policy>)
+        REQUIRE(ring.dropped() == 0);
+    // Runs: a value continues the previous value's run, or starts a run never seen before.
+    // Without drops, a run starts at its first value and continues without gaps.
+    std::size_t interleaved = 0;
+    std::vector<std::uint64_t> runs_seen;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const std::uint64_t run = got[i] >> 24;
+        const std::uint64_t index = got[i] & 0xffffff;
+        const std::uint64_t first = run & 0xffffff;
+        if (i > 0 && run == got[i - 1] >> 24) {
+            const std::uint64_t previous = got[i - 1] & 0xffffff;
+            if (index <= previous || (!is_drop_oldest<Policy> && index != previous + 1))
+                ++interleaved;
+            continue;
+        }
+        runs_seen.push_back(run);
+        if (!is_drop_oldest<Policy> && index != first)
+            ++interleaved;
+    }
+    std::sort(runs_seen.begin(), runs_seen.end());
+    CHECK(std::adjacent_find(runs_seen.begin(), runs_seen.end()) == runs_seen.end());
+    CHECK(interleaved == 0);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("concurrent push_n runs arrive contiguous and exactly once", "[ring][stress]",
+                   drop_oldest, block, return_error) {
+    for (const std::size_t capacity : {std::size_t{8}, std::size_t{64}}) {
+        CAPTURE(capacity);
+        check_runs_contiguous<TestType>(capacity, 8);
+    }
+}

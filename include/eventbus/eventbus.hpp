@@ -30,10 +30,12 @@
 #include <functional>
 #include <initializer_list>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -83,6 +85,9 @@ enum class errc {
     closed,             ///< the ring or store was closed
     handler_failed,     ///< a handler threw (transactions)
     would_deadlock,     ///< the call would wait for the calling handler itself
+    exceeds_capacity,   ///< more elements at once than the ring can ever hold (transactions)
+    finished,           ///< the transaction was committed or rolled back already
+    dropped,            ///< drop_oldest overwrote the event before it was handled (transactions)
 };
 
 namespace detail {
@@ -105,6 +110,12 @@ class error_category_impl final : public std::error_category {
                 return "handler failed";
             case errc::would_deadlock:
                 return "would wait for the calling handler itself";
+            case errc::exceeds_capacity:
+                return "more events at once than the capacity";
+            case errc::finished:
+                return "transaction already committed or rolled back";
+            case errc::dropped:
+                return "event overwritten by drop_oldest before it was handled";
         }
         return "unknown eventbus error " + std::to_string(value);
     }
@@ -118,6 +129,8 @@ class error_category_impl final : public std::error_category {
                 return std::errc::operation_canceled;
             case errc::deadline_exceeded:
                 return std::errc::timed_out;
+            case errc::exceeds_capacity:
+                return std::errc::message_size;
             default:
                 return {value, *this};
         }
@@ -497,6 +510,43 @@ class ring_buffer {
         return emplace(ctx, std::move(copy));
     }
 
+    /// Moves every element of `values` into the ring as one run of consecutive positions (no
+    /// other push lands between them, and consumers take them in order) or moves none. Fails
+    /// with `errc::exceeds_capacity` when there are more than `capacity()` (whatever the
+    /// policy), `errc::closed`, or, under block and return_error, `errc::buffer_full` when the
+    /// whole run does not fit now. Under drop_oldest it always fits: the oldest elements make
+    /// room, counted in `dropped()`. An empty span succeeds. Lock-free, no allocation.
+    [[nodiscard]] std::error_code try_push_n(std::span<T> values) noexcept {
+        if (values.size() > capacity_)
+            return errc::exceeds_capacity;
+        if (values.empty())
+            return is_closed() ? std::error_code(errc::closed) : std::error_code();
+        switch (try_push_n_once(values)) {
+            case detail::attempt::ok:
+                return {};
+            case detail::attempt::closed:
+                return errc::closed;
+            case detail::attempt::busy:
+                break;
+        }
+        return errc::buffer_full;
+    }
+
+    /// `try_push_n`, but under block waits (as `push` does) until the whole run fits, `ctx`
+    /// ends or the ring closes. The values stay with the caller unless it succeeds.
+    [[nodiscard]] std::error_code push_n(const context& ctx, std::span<T> values) {
+        if constexpr (std::same_as<Policy, block>) {
+            if (values.size() > capacity_)
+                return errc::exceeds_capacity;
+            if (values.empty())
+                return try_push_n(values);
+            return detail::retry_or_wait(not_full_, ctx,
+                                         [&]() noexcept { return try_push_n_once(values); });
+        } else {
+            return try_push_n(values);
+        }
+    }
+
     // consumers -------------------------------------------------------------------------------
 
     /// Takes the oldest element, or nothing when the ring is empty (or closed and empty; tell the
@@ -686,6 +736,63 @@ class ring_buffer {
         }
     }
 
+    // One attempt at claiming `values.size()` (1..capacity) consecutive positions at once.
+    detail::attempt try_push_n_once(std::span<T> values) noexcept {
+        const std::uint64_t run = std::uint64_t{values.size()} * step;
+        detail::backoff wait;
+        std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
+        for (;;) {
+            if (tail & closed_mark)
+                return detail::attempt::closed;
+            if constexpr (std::same_as<Policy, drop_oldest>) {
+                // Claim first, then make room slot by slot, oldest first, as a single push does.
+                if (indices_.tail.compare_exchange_weak(tail, tail + run, std::memory_order_seq_cst,
+                                                        std::memory_order_relaxed)) {
+                    for (std::size_t i = 0; i < values.size(); ++i) {
+                        const std::uint64_t position = tail + i * step;
+                        replace_oldest(slot_at(position), position, std::move(values[i]));
+                    }
+                    return detail::attempt::ok;
+                }
+                wait.spin();
+            } else {
+                // Every slot of the run must be free for its position. A slot found free stays
+                // free until its position is claimed, which needs tail to move past `tail`, which
+                // would fail our CAS: so checking before claiming is enough.
+                bool all_free = true;
+                for (std::uint64_t offset = 0; offset != run; offset += step) {
+                    // Acquire: as in try_push_once, the consumer is done with the storage.
+                    if (slot_at(tail + offset).seq.load(std::memory_order_acquire) !=
+                        tail + offset) {
+                        all_free = false;
+                        break;
+                    }
+                }
+                if (all_free) {
+                    if (indices_.tail.compare_exchange_weak(tail, tail + run,
+                                                            std::memory_order_seq_cst,
+                                                            std::memory_order_relaxed)) {
+                        for (std::size_t i = 0; i < values.size(); ++i) {
+                            slot& s = slot_at(tail + i * step);
+                            ::new (static_cast<void*>(s.storage)) T(std::move(values[i]));
+                            s.seq.store(tail + i * step + 1, std::memory_order_release);
+                        }
+                        not_empty_.notify_if_waiting();
+                        return detail::attempt::ok;
+                    }
+                    wait.spin();
+                    continue;
+                }
+                // Seq_cst, as in try_push_once: a pop that has begun is seen.
+                const std::uint64_t head = indices_.head.load(std::memory_order_seq_cst);
+                if (static_cast<std::int64_t>(tail + run - head) > static_cast<std::int64_t>(lap_))
+                    return detail::attempt::busy;  // not room enough for the whole run
+                wait.snooze();  // a pop is freeing a slot, or a producer took `tail`
+                tail = indices_.tail.load(std::memory_order_relaxed);
+            }
+        }
+    }
+
     // drop_oldest, after claiming `position` on a full ring: make room by taking the oldest
     // element (one lap back, in this very slot) away from the consumers with a CAS on head, then
     // write. Claiming tail first keeps head moving forward only, and means a push either took
@@ -864,6 +971,202 @@ struct std::hash<eventbus::key> {
 
 namespace eventbus {
 inline namespace v0 {
+
+// envelopes ///////////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+/// The completion of one committed transaction: its events count down as they are handled (or
+/// lost), and the committer sleeps until the count reaches zero. Shared by the committer and the
+/// transaction's envelopes, so whoever finishes last may notify without outliving it.
+struct tx_record {
+    explicit tx_record(std::size_t events) noexcept : remaining(events) {}
+
+    void finish(bool failed_call, bool lost) noexcept {
+        if (failed_call)
+            failed.store(true, std::memory_order_relaxed);
+        if (lost)
+            dropped.store(true, std::memory_order_relaxed);
+        // Seq_cst RMW, then notify (the eventcount protocol); the flags are published by it.
+        remaining.fetch_sub(1, std::memory_order_seq_cst);
+        done.notify_if_waiting();
+    }
+
+    std::atomic<std::size_t> remaining;
+    std::atomic<bool> failed{false};
+    std::atomic<bool> dropped{false};
+    event_count done;
+};
+
+/// How an envelope moves, destroys and names the payload it holds.
+struct payload_ops {
+    void (*relocate)(void* from, void* to) noexcept;  // move-construct at `to`, destroy `from`
+    void (*destroy)(void* at) noexcept;
+};
+
+template <class T>
+inline constexpr payload_ops inline_ops{
+    [](void* from, void* to) noexcept {
+        T* source = std::launder(static_cast<T*>(from));
+        ::new (to) T(std::move(*source));
+        source->~T();
+    },
+    [](void* at) noexcept { std::launder(static_cast<T*>(at))->~T(); },
+};
+
+/// What a ring slot of an event_store holds: one event, owned, plus the transaction it belongs
+/// to, if any. Move-only and nothrow-movable. An envelope destroyed while it still belongs to a
+/// transaction was never handled (drop_oldest overwrote it): it tells the transaction so.
+class envelope {
+  public:
+    envelope() noexcept = default;
+
+    explicit envelope(event&& ev) noexcept : ops_(&inline_ops<event>) {
+        ::new (static_cast<void*>(storage_)) event(std::move(ev));
+    }
+
+    envelope(envelope&& other) noexcept { take(other); }
+    envelope& operator=(envelope&& other) noexcept {
+        if (this != &other) {
+            reset();
+            take(other);
+        }
+        return *this;
+    }
+    ~envelope() { reset(); }
+
+    /// The dynamic event inside.
+    [[nodiscard]] const event& dynamic() const noexcept {
+        return *std::launder(reinterpret_cast<const event*>(storage_));
+    }
+    [[nodiscard]] const key& projection() const noexcept { return dynamic().projection; }
+
+    void attach(std::shared_ptr<tx_record> record) noexcept { tx_ = std::move(record); }
+    void detach() noexcept { tx_.reset(); }
+    /// After the event's handlers ran: tells its transaction, if any.
+    void complete(bool failed_call) noexcept {
+        if (tx_) {
+            const std::shared_ptr<tx_record> record = std::move(tx_);
+            record->finish(failed_call, false);
+        }
+    }
+
+  private:
+    void take(envelope& other) noexcept {
+        ops_ = std::exchange(other.ops_, nullptr);
+        tx_ = std::move(other.tx_);
+        if (ops_ != nullptr)
+            ops_->relocate(other.storage_, storage_);
+    }
+    void reset() noexcept {
+        if (tx_) {
+            const std::shared_ptr<tx_record> record = std::move(tx_);
+            record->finish(false, true);
+        }
+        if (ops_ != nullptr)
+            std::exchange(ops_, nullptr)->destroy(storage_);
+    }
+
+    const payload_ops* ops_ = nullptr;
+    std::shared_ptr<tx_record> tx_;
+    alignas(std::max_align_t) std::byte storage_[sizeof(event)];
+};
+
+}  // namespace detail
+
+// timers //////////////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+/// One scheduled event, shared by its store's timer queue and its handle.
+struct timer_entry {
+    enum class state : std::uint8_t { pending, cancelled, fired };
+
+    timer_entry(const context& c, context::clock::time_point when, envelope&& e) noexcept
+        : ctx(c), due(when), ev(std::move(e)) {}
+
+    context ctx;
+    context::clock::time_point due;
+    envelope ev;                                // taken by the timer thread when due
+    std::atomic<state> status{state::pending};  // changed under the queue's mutex
+};
+
+/// A store's pending scheduled events, earliest first. Shared with the handles, so that a
+/// handle may be cancelled (and finds nothing to do) after its store is gone.
+struct timer_queue {
+    using entries = std::multimap<context::clock::time_point, std::shared_ptr<timer_entry>>;
+
+    /// Takes `entry` out of the queue if it is still pending: true if this call did.
+    bool cancel(const std::shared_ptr<timer_entry>& entry) {
+        std::lock_guard lock(mutex);
+        if (entry->status.load(std::memory_order_relaxed) != timer_entry::state::pending)
+            return false;
+        entry->status.store(timer_entry::state::cancelled, std::memory_order_release);
+        const auto [first, last] = pending.equal_range(entry->due);
+        for (auto it = first; it != last; ++it) {
+            if (it->second == entry) {
+                pending.erase(it);  // the caller still holds `entry`: nothing is freed here
+                break;
+            }
+        }
+        cancelled.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+
+    std::mutex mutex;
+    std::condition_variable wake;  // the timer thread sleeps here until the earliest due time
+    entries pending;
+    bool stopping = false;
+    std::atomic<std::uint64_t> scheduled{0};
+    std::atomic<std::uint64_t> cancelled{0};
+};
+
+}  // namespace detail
+
+/// What `event_store::schedule` returns: `cancel()` stops the event if it has not run yet.
+/// May outlive the store. Thread-safe.
+class timer_handle {
+  public:
+    timer_handle() noexcept = default;
+
+    /// Stops the event: true if this call did (it will never run), false if it ran, was
+    /// cancelled already (by another cancel(), its context or the store's close()), or the
+    /// handle is empty. Takes the store's timer mutex briefly.
+    bool cancel() {
+        if (!entry_)
+            return false;
+        if (entry_->ctx.done()) {
+            (void)queue_->cancel(entry_);  // the context stopped it; just let it go early
+            return false;
+        }
+        return queue_->cancel(entry_);
+    }
+
+    /// True while the event is pending: neither run, nor cancelled, nor stopped by its context.
+    [[nodiscard]] explicit operator bool() const noexcept {
+        return entry_ &&
+               entry_->status.load(std::memory_order_acquire) ==
+                   detail::timer_entry::state::pending &&
+               !entry_->ctx.done();
+    }
+
+    /// Why the handle is empty when `schedule` returned it so: `{}` when the event was due
+    /// already and was published at once, else the error (`errc::closed`, the context's error,
+    /// or what subscribe returned).
+    [[nodiscard]] std::error_code error() const noexcept { return error_; }
+
+  private:
+    template <overflow_policy>
+    friend class event_store;
+    timer_handle(std::shared_ptr<detail::timer_queue> queue,
+                 std::shared_ptr<detail::timer_entry> entry) noexcept
+        : queue_(std::move(queue)), entry_(std::move(entry)) {}
+    explicit timer_handle(std::error_code error) noexcept : error_(error) {}
+
+    std::shared_ptr<detail::timer_queue> queue_;
+    std::shared_ptr<detail::timer_entry> entry_;
+    std::error_code error_;
+};
 
 // dispatcher //////////////////////////////////////////////////////////////////////////////////
 
@@ -1133,6 +1436,10 @@ struct store_metrics {
     std::uint64_t errors = 0;     ///< handler calls that threw
     std::uint64_t dropped = 0;    ///< overwritten by drop_oldest
     std::uint64_t unhandled = 0;  ///< events with no handler
+    std::uint64_t scheduled = 0;  ///< accepted by schedule() for later
+    /// Scheduled events that never reached the ring: cancelled through their handle or their
+    /// context, still pending at close(), or refused when due (ring full or closed).
+    std::uint64_t cancelled = 0;
 };
 
 /// Calls the rest of the middleware chain, then the handler.
@@ -1232,7 +1539,7 @@ class event_store {
     /// `errc::closed`. Thread-safe, also from inside a handler; lock-free unless it has to sleep
     /// (block); no allocation beyond what `ev` already owns.
     [[nodiscard]] std::error_code subscribe(const context& ctx, event ev) {
-        return ring_.push(ctx, std::move(ev));
+        return ring_.emplace(ctx, std::move(ev));
     }
 
     /// Sync: dispatches, in FIFO order on the calling thread, every event enqueued before the
@@ -1285,6 +1592,7 @@ class event_store {
     /// finish in the background; the destructor waits for it. From inside one of this store's
     /// handlers it does not wait. Idempotent; the destructor calls it.
     std::error_code close(const context& ctx) {
+        stop_timers();
         ring_.close();
         if (ctx.done())
             stop_.request_stop();  // tell handlers still to run that the closer has given up
@@ -1307,6 +1615,40 @@ class event_store {
         return error;
     }
 
+    // scheduling ------------------------------------------------------------------------------
+
+    /// Publishes `ev` at `when`. A time not in the future subscribes and publishes at once on the
+    /// caller (GoEventBus's behaviour) and returns an empty handle (whose `error()` is what
+    /// subscribe returned). Otherwise the event waits on the store's timer thread (started by the
+    /// first call; it sleeps until the earliest due time, no polling), which then subscribes it
+    /// under the store's policy and publishes (sync: the handlers run on the timer thread;
+    /// async: on the workers). `ctx` ending before then cancels it; so does `close()`. Returns
+    /// an empty handle with `errc::closed` after close. Thread-safe, also from a handler;
+    /// allocates (the entry; std::system_error if the thread cannot be started).
+    timer_handle schedule(const context& ctx, context::clock::time_point when, event ev) {
+        return schedule_envelope(ctx, when, detail::envelope(std::move(ev)));
+    }
+
+    /// `schedule` at a system_clock time (converted once, now, to the steady clock).
+    timer_handle schedule(const context& ctx, std::chrono::system_clock::time_point when,
+                          event ev) {
+        const auto delay = when - std::chrono::system_clock::now();
+        return schedule_after(ctx, delay, std::move(ev));
+    }
+
+    /// `schedule(ctx, now + delay, ev)`; a delay of zero or less publishes at once.
+    template <class Rep, class Period>
+    timer_handle schedule_after(const context& ctx, std::chrono::duration<Rep, Period> delay,
+                                event ev) {
+        return schedule(ctx, due_after(delay), std::move(ev));
+    }
+
+    class transaction;
+
+    /// A transaction on this store: buffers events and enqueues them all at once on commit.
+    /// Allocates nothing until the first `publish`. The store must outlive it.
+    [[nodiscard]] transaction begin_transaction() noexcept { return transaction(*this); }
+
     [[nodiscard]] bool is_closed() const noexcept { return ring_.is_closed(); }
 
     /// Thread-safe; in sync mode counters may lag a dispatch in progress by its batch.
@@ -1317,6 +1659,8 @@ class event_store {
         m.errors = errors_.load(std::memory_order_relaxed);
         m.dropped = ring_.dropped();
         m.unhandled = unhandled_.load(std::memory_order_relaxed);
+        m.scheduled = timers_->scheduled.load(std::memory_order_relaxed);
+        m.cancelled = timers_->cancelled.load(std::memory_order_relaxed);
         return m;
     }
 
@@ -1341,6 +1685,115 @@ class event_store {
     [[nodiscard]] std::size_t capacity() const noexcept { return ring_.capacity(); }
     [[nodiscard]] const store_options& options() const noexcept { return options_; }
     [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return *dispatcher_; }
+
+    // transactions ----------------------------------------------------------------------------
+
+    /// Events published together: `commit` enqueues all of them as one contiguous run of the
+    /// ring, or none, and then waits until they have been handled. Handlers' side effects cannot
+    /// be undone: "atomic" means all-or-nothing in the ring, not a rollback of what handlers did.
+    /// One transaction is for one thread at a time; different transactions are independent.
+    /// Movable; the destructor rolls back.
+    class transaction {
+      public:
+        transaction(transaction&& other) noexcept
+            : store_(other.store_)
+            , events_(std::move(other.events_))
+            , open_(std::exchange(other.open_, false)) {}
+        transaction& operator=(transaction&& other) noexcept {
+            if (this != &other) {
+                store_ = other.store_;
+                events_ = std::move(other.events_);
+                open_ = std::exchange(other.open_, false);
+            }
+            return *this;
+        }
+        transaction(const transaction&) = delete;
+        transaction& operator=(const transaction&) = delete;
+        ~transaction() { (void)rollback(); }
+
+        /// Buffers `ev`; nothing reaches the ring. `errc::finished` after commit or rollback.
+        /// Allocates (the buffer grows).
+        std::error_code publish(event ev) {
+            if (!open_)
+                return errc::finished;
+            events_.emplace_back(std::move(ev));
+            return {};
+        }
+
+        /// Enqueues every buffered event as one contiguous run under the store's policy, or
+        /// none: `errc::exceeds_capacity` (more events than the capacity), `errc::buffer_full`
+        /// (return_error: too little room now), the context's error (block: it ended while
+        /// waiting for room) or `errc::closed`. After such a failure nothing was enqueued and the
+        /// transaction stays open (commit may be retried, or rolled back). Under drop_oldest the
+        /// oldest events of the ring make room, counted as dropped.
+        ///
+        /// Once enqueued, the transaction is finished, and commit sees its events handled:
+        /// sync mode publishes on the calling thread (older pending events go first, as in
+        /// GoEventBus); async mode publishes and waits for the transaction's own events only.
+        /// Then it returns `errc::handler_failed` if a handler of one of them threw (the other
+        /// events and handlers still run, and the error hooks see the exception),
+        /// `errc::dropped` if drop_oldest overwrote one of them before it was handled, or `ctx`'s
+        /// error if it ends before they are all handled (they are still handled later).
+        /// In async mode, called from inside one of the store's handlers it would wait for its
+        /// own thread: it returns `errc::would_deadlock` and enqueues nothing.
+        /// `errc::finished` if committed or rolled back already. Allocates (a completion record).
+        std::error_code commit(const context& ctx) {
+            if (!open_)
+                return errc::finished;
+            if (events_.empty()) {
+                open_ = false;
+                return {};
+            }
+            if (store_->options_.async && detail::inside_dispatch_of(store_))
+                return errc::would_deadlock;
+            auto record = std::make_shared<detail::tx_record>(events_.size());
+            for (detail::envelope& env : events_)
+                env.attach(record);
+            if (const std::error_code error = store_->ring_.push_n(ctx, events_)) {
+                for (detail::envelope& env : events_)
+                    env.detach();
+                return error;
+            }
+            events_.clear();  // moved-from envelopes
+            open_ = false;
+            store_->publish();
+            if (const std::error_code error =
+                    detail::retry_or_wait(record->done, ctx, [&]() noexcept {
+                        return record->remaining.load(std::memory_order_seq_cst) == 0
+                                   ? detail::attempt::ok
+                                   : detail::attempt::busy;
+                    }))
+                return error;
+            if (record->dropped.load(std::memory_order_relaxed))
+                return errc::dropped;
+            if (record->failed.load(std::memory_order_relaxed))
+                return errc::handler_failed;
+            return {};
+        }
+
+        /// Discards the buffered events; touches nothing else. `errc::finished` if committed or
+        /// rolled back already.
+        std::error_code rollback() noexcept {
+            if (!open_)
+                return errc::finished;
+            open_ = false;
+            events_.clear();
+            return {};
+        }
+
+        /// Events buffered and not yet committed.
+        [[nodiscard]] std::size_t size() const noexcept { return events_.size(); }
+        /// True until committed or rolled back.
+        [[nodiscard]] bool is_open() const noexcept { return open_; }
+
+      private:
+        friend class event_store;
+        explicit transaction(event_store& store) noexcept : store_(&store) {}
+
+        event_store* store_;
+        std::vector<detail::envelope> events_;
+        bool open_ = true;
+    };
 
   private:
     struct hook_set {
@@ -1385,13 +1838,111 @@ class event_store {
         detail::dispatch_frame frame_;
     };
 
+    template <class Rep, class Period>
+    static context::clock::time_point due_after(std::chrono::duration<Rep, Period> delay) {
+        const auto now = context::clock::now();
+        if (delay <= delay.zero())
+            return now;
+        const std::chrono::duration<double> room = context::clock::time_point::max() - now;
+        if (std::chrono::duration<double>(delay) >= room)
+            return context::clock::time_point::max();
+        return now + std::chrono::ceil<context::clock::duration>(delay);
+    }
+
+    timer_handle schedule_envelope(const context& ctx, context::clock::time_point when,
+                                   detail::envelope&& env) {
+        if (when <= context::clock::now()) {
+            const std::error_code error = ring_.emplace(ctx, std::move(env));
+            if (!error)
+                publish();
+            return timer_handle(error);
+        }
+        if (const std::error_code error = ctx.err())
+            return timer_handle(error);
+        auto entry = std::make_shared<detail::timer_entry>(ctx, when, std::move(env));
+        detail::timer_queue& q = *timers_;
+        {
+            std::lock_guard lock(q.mutex);
+            if (q.stopping || ring_.is_closed())
+                return timer_handle(errc::closed);
+            if (!timer_thread_.joinable())
+                timer_thread_ = std::thread([this] { run_timers(); });
+            const bool earliest = q.pending.empty() || when < q.pending.begin()->first;
+            q.pending.emplace(when, entry);
+            q.scheduled.fetch_add(1, std::memory_order_relaxed);
+            if (earliest)
+                q.wake.notify_one();
+        }
+        return timer_handle(timers_, std::move(entry));
+    }
+
+    // The timer thread: sleeps until the earliest due time (or a new earlier one, or close),
+    // then takes every due entry out and publishes it outside the mutex.
+    void run_timers() {
+        detail::timer_queue& q = *timers_;
+        std::vector<std::shared_ptr<detail::timer_entry>> due;
+        std::unique_lock lock(q.mutex);
+        while (!q.stopping) {
+            if (q.pending.empty()) {
+                q.wake.wait(lock);
+                continue;
+            }
+            const auto now = context::clock::now();
+            if (q.pending.begin()->first > now) {
+                q.wake.wait_until(lock, q.pending.begin()->first);
+                continue;
+            }
+            while (!q.pending.empty() && q.pending.begin()->first <= now) {
+                auto entry = std::move(q.pending.begin()->second);
+                q.pending.erase(q.pending.begin());
+                entry->status.store(detail::timer_entry::state::fired, std::memory_order_release);
+                due.push_back(std::move(entry));
+            }
+            lock.unlock();
+            bool enqueued = false;
+            for (const auto& entry : due) {
+                const std::error_code error = entry->ctx.done()
+                                                  ? entry->ctx.err()
+                                                  : ring_.emplace(entry->ctx, std::move(entry->ev));
+                if (error)
+                    q.cancelled.fetch_add(1, std::memory_order_relaxed);
+                else
+                    enqueued = true;
+            }
+            if (enqueued)
+                publish();
+            due.clear();  // events, and whatever they own, are freed outside the mutex
+            lock.lock();
+        }
+    }
+
+    // close(): cancels what is still pending; the timer thread then exits.
+    void stop_timers() {
+        detail::timer_queue::entries cancelled;
+        {
+            std::lock_guard lock(timers_->mutex);
+            timers_->stopping = true;
+            cancelled.swap(timers_->pending);
+            for (auto& [when, entry] : cancelled)
+                entry->status.store(detail::timer_entry::state::cancelled,
+                                    std::memory_order_release);
+            timers_->cancelled.fetch_add(cancelled.size(), std::memory_order_relaxed);
+        }
+        timers_->wake.notify_all();
+    }
+
+    void join_timers() noexcept {
+        if (timer_thread_.joinable() && timer_thread_.get_id() != std::this_thread::get_id())
+            timer_thread_.join();
+    }
+
     // A stripe of keys for ordered_by_key, guarded by pop_mutex_. While a worker owns it, other
     // workers park its events here, in pop order, and go back to the ring; the owner handles
     // them before letting go. So a key never runs twice at once and keeps FIFO, and no worker
     // ever waits for another key's handler.
     struct stripe {
         bool owned = false;
-        std::deque<event> parked;
+        std::deque<detail::envelope> parked;
     };
     static constexpr std::size_t stripe_count = 64;
 
@@ -1418,16 +1969,16 @@ class event_store {
     // position (see drain). Ordered mode: `lane` is the event's stripe, now owned by this worker;
     // an event whose stripe is owned by another worker is parked there (the owner's announced
     // bound still covers it) and the next one is taken.
-    std::optional<event> take(std::size_t worker, stripe*& lane) {
+    std::optional<detail::envelope> take(std::size_t worker, stripe*& lane) {
         for (;;) {
             taking_[worker].position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
-            std::optional<event> ev;
+            std::optional<detail::envelope> ev;
             bool parked = false;
             if (options_.ordered_by_key) {
                 std::lock_guard lock(pop_mutex_);
                 ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
                 if (ev) {
-                    stripe& owner = stripes_[std::hash<key>{}(ev->projection) % stripe_count];
+                    stripe& owner = stripes_[std::hash<key>{}(ev->projection()) % stripe_count];
                     if (owner.owned) {
                         owner.parked.push_back(std::move(*ev));
                         ev.reset();
@@ -1450,9 +2001,9 @@ class event_store {
 
     // Ordered mode: the next event parked on the stripe this worker owns, or none (and the
     // stripe is let go).
-    std::optional<event> next_parked(stripe& lane) {
+    std::optional<detail::envelope> next_parked(stripe& lane) {
         std::lock_guard lock(pop_mutex_);
-        std::optional<event> ev;
+        std::optional<detail::envelope> ev;
         if (lane.parked.empty()) {
             lane.owned = false;
         } else {
@@ -1498,7 +2049,7 @@ class event_store {
         worker_view view;
         for (;;) {
             stripe* lane = nullptr;
-            std::optional<event> ev = take(worker, lane);
+            std::optional<detail::envelope> ev = take(worker, lane);
             if (!ev) {
                 if (closing_.load(std::memory_order_seq_cst)) {
                     // eligible_ already holds the closed ring's final tail: one more look.
@@ -1545,6 +2096,8 @@ class event_store {
     }
 
     void stop_workers() noexcept {
+        stop_timers();
+        join_timers();
         if (!options_.async) {
             (void)close(context{});
             // Threads that finished dispatching may still be notifying: wait for them (a few
@@ -1575,7 +2128,8 @@ class event_store {
         const auto hooks = hooks_.read();
         batch_counts counts;
         for (;;) {
-            std::optional<event> ev = mark ? ring_.try_pop_before(*mark) : ring_.try_pop();
+            std::optional<detail::envelope> ev =
+                mark ? ring_.try_pop_before(*mark) : ring_.try_pop();
             if (!ev)
                 break;
             dispatch(*ev, *table, *hooks, counts);
@@ -1583,15 +2137,18 @@ class event_store {
         add(counts);
     }
 
-    void dispatch(const event& ev, const dispatcher::table& table, const hook_set& hooks,
+    void dispatch(detail::envelope& env, const dispatcher::table& table, const hook_set& hooks,
                   batch_counts& counts) {
-        const auto found = table.find(ev.projection);
+        const auto found = table.find(env.projection());
         if (found == table.end() || found->second.empty()) {
             ++counts.unhandled;
+            env.complete(false);
             return;
         }
+        const std::uint64_t errors_before = counts.errors;
         for (const auto& target : found->second)
-            call_one(*target, ev, hooks, counts);
+            call_one(*target, env.dynamic(), hooks, counts);
+        env.complete(counts.errors != errors_before);
     }
 
     void call_one(detail::handler_entry& target, const event& ev, const hook_set& hooks,
@@ -1645,7 +2202,7 @@ class event_store {
     }
 
     eventbus::dispatcher* dispatcher_;
-    ring_buffer<event, Policy> ring_;
+    ring_buffer<detail::envelope, Policy> ring_;
     store_options options_;
     std::stop_source stop_;  // handlers' context: stopped by a close() whose context ended
     context handler_ctx_;
@@ -1670,6 +2227,8 @@ class event_store {
     std::mutex pop_mutex_;      // ordered_by_key only
     std::array<stripe, stripe_count> stripes_{};
     std::vector<std::jthread> workers_;
+    std::shared_ptr<detail::timer_queue> timers_ = std::make_shared<detail::timer_queue>();
+    std::thread timer_thread_;  // started by the first schedule(), joined by the destructor
 };
 
 }  // namespace v0
