@@ -1,0 +1,218 @@
+// Scheduling: schedule / schedule_after publish an event later from the store's timer thread;
+// handles cancel; contexts and close() cancel what is pending, counted in metrics().cancelled.
+#include <eventbus/eventbus.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <stop_token>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using eventbus::args;
+using eventbus::context;
+using eventbus::dispatcher;
+using eventbus::errc;
+using eventbus::event;
+using eventbus::event_store;
+using eventbus::store_options;
+using eventbus::timer_handle;
+using eventbus_test::scaled;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+event tick() {
+    return event{.id = "t", .projection = "tick", .args = {}};
+}
+
+// Waits (sleeping) until `done()` or `limit` passes; true if done.
+template <class Done>
+bool eventually(Done done, std::chrono::milliseconds limit = 5000ms) {
+    const auto until = clock_type::now() + limit;
+    while (!done()) {
+        if (clock_type::now() > until)
+            return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+// Timing bounds are loose under sanitizers (EVENTBUS_STRESS_SCALE < 1), which slow everything.
+std::chrono::milliseconds late_bound(std::chrono::milliseconds normal) {
+    return eventbus_test::stress_scale() < 1.0 ? normal * 10 : normal;
+}
+
+}  // namespace
+
+TEST_CASE("schedule in the past runs synchronously on the caller", "[schedule]") {
+    std::thread::id ran_on;
+    dispatcher handlers{
+        {"tick", [&](const context&, const args&) { ran_on = std::this_thread::get_id(); }}};
+    event_store store(handlers, 8);
+    const timer_handle handle = store.schedule(context{}, clock_type::now() - 1s, tick());
+    CHECK(ran_on == std::this_thread::get_id());
+    CHECK_FALSE(handle);
+    CHECK_FALSE(handle.error());
+    const timer_handle now = store.schedule_after(context{}, 0ms, tick());
+    CHECK_FALSE(now);
+    CHECK(store.metrics().processed == 2);
+    CHECK(store.metrics().scheduled == 0);
+}
+
+TEST_CASE("schedule_after 50 ms is not immediate and is done soon after", "[schedule]") {
+    std::atomic<int> calls{0};
+    std::atomic<clock_type::rep> ran_at{0};
+    std::thread::id ran_on;
+    dispatcher handlers{{"tick", [&](const context&, const args&) {
+                             ran_on = std::this_thread::get_id();
+                             ran_at = clock_type::now().time_since_epoch().count();
+                             ++calls;
+                         }}};
+    event_store store(handlers, 8);
+    const auto start = clock_type::now();
+    const timer_handle handle = store.schedule_after(context{}, 50ms, tick());
+    CHECK(handle);
+    CHECK(calls == 0);
+    REQUIRE(eventually([&] { return calls == 1; }));
+    const auto elapsed = clock_type::time_point(clock_type::duration(ran_at.load())) - start;
+    CHECK(elapsed >= 50ms);
+    CHECK(elapsed < late_bound(200ms));
+    CHECK(ran_on != std::this_thread::get_id());  // sync mode: on the timer thread
+    CHECK_FALSE(handle);                          // it ran: nothing pending
+    CHECK_FALSE(handle.error());
+    CHECK(store.metrics().scheduled == 1);
+    CHECK(store.metrics().cancelled == 0);
+}
+
+TEST_CASE("cancel returns true once and the event never runs", "[schedule]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
+    event_store store(handlers, 8);
+    timer_handle handle = store.schedule_after(context{}, 30ms, tick());
+    REQUIRE(handle);
+    CHECK(handle.cancel());
+    CHECK_FALSE(handle.cancel());
+    CHECK_FALSE(handle);
+    std::this_thread::sleep_for(80ms);
+    CHECK(calls == 0);
+    CHECK(store.metrics().cancelled == 1);
+    CHECK_FALSE(timer_handle{}.cancel());  // an empty handle has nothing to cancel
+}
+
+TEST_CASE("a cancelled context cancels the scheduled event", "[schedule]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
+    event_store store(handlers, 8);
+    std::stop_source stop;
+    timer_handle handle = store.schedule_after(context(stop.get_token()), 30ms, tick());
+    REQUIRE(handle);
+    stop.request_stop();
+    CHECK_FALSE(handle);
+    REQUIRE(eventually([&] { return store.metrics().cancelled == 1; }));
+    CHECK(calls == 0);
+    CHECK_FALSE(handle.cancel());  // the context stopped it, not this call
+
+    // A deadline before the due time cancels too; an ended context is refused at once.
+    (void)store.schedule_after(context{}.with_timeout(5ms), 30ms, tick());
+    REQUIRE(eventually([&] { return store.metrics().cancelled == 2; }));
+    const timer_handle refused = store.schedule_after(context(stop.get_token()), 30ms, tick());
+    CHECK_FALSE(refused);
+    CHECK(refused.error() == errc::cancelled);
+    CHECK(calls == 0);
+}
+
+TEST_CASE("close cancels pending timers and counts them; schedule after close is refused",
+          "[schedule]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
+    event_store store(handlers, 8);
+    std::vector<timer_handle> handles;
+    for (int i = 0; i < 3; ++i)
+        handles.push_back(store.schedule_after(context{}, 1h, tick()));
+    REQUIRE_FALSE(store.close(context{}));
+    CHECK(store.metrics().scheduled == 3);
+    CHECK(store.metrics().cancelled == 3);
+    for (auto& handle : handles) {
+        CHECK_FALSE(handle);
+        CHECK_FALSE(handle.cancel());
+    }
+    const timer_handle late = store.schedule_after(context{}, 10ms, tick());
+    CHECK_FALSE(late);
+    CHECK(late.error() == errc::closed);
+    CHECK(calls == 0);
+}
+
+TEST_CASE("a handle may outlive its store", "[schedule]") {
+    dispatcher handlers{{"tick", [](const context&, const args&) {}}};
+    timer_handle handle;
+    {
+        event_store store(handlers, 8);
+        handle = store.schedule_after(context{}, 1h, tick());
+        REQUIRE(handle);
+    }
+    CHECK_FALSE(handle);
+    CHECK_FALSE(handle.cancel());
+}
+
+TEST_CASE("async: scheduled events run on the workers; system_clock times work", "[schedule]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
+    event_store store(handlers, 8, store_options{.async = true, .workers = 2});
+    (void)store.schedule_after(context{}, 10ms, tick());
+    (void)store.schedule(context{}, std::chrono::system_clock::now() + 20ms, tick());
+    REQUIRE(eventually([&] { return calls == 2; }));
+    REQUIRE_FALSE(store.drain(context{}));
+    CHECK(store.metrics().processed == 2);
+}
+
+TEST_CASE("earlier events scheduled later still run first; the timer thread does not poll",
+          "[schedule]") {
+    std::vector<int> order;  // written by the timer thread only
+    dispatcher handlers{{"tick", [&](const context&, const args& a) {
+                             order.push_back(std::any_cast<int>(a.at("n")));
+                         }}};
+    event_store store(handlers, 8);
+    (void)store.schedule_after(context{}, 60ms,
+                               event{.id = "", .projection = "tick", .args = {{"n", 2}}});
+    (void)store.schedule_after(context{}, 20ms,
+                               event{.id = "", .projection = "tick", .args = {{"n", 1}}});
+    REQUIRE(eventually([&] { return store.metrics().processed == 2; }));
+    CHECK(order == std::vector<int>{1, 2});
+}
+
+TEST_CASE("many threads scheduling and cancelling: every event runs or is cancelled, once",
+          "[schedule][stress]") {
+    std::atomic<std::uint64_t> ran{0};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++ran; }}};
+    event_store store(handlers, 64, store_options{.async = true, .workers = 2});
+    const std::size_t per_thread = scaled(2000, 100);
+    std::atomic<std::uint64_t> cancelled_by_us{0};
+    {
+        std::vector<std::jthread> threads;
+        for (int t = 0; t < 3; ++t) {
+            threads.emplace_back([&, t] {
+                for (std::size_t i = 0; i < per_thread; ++i) {
+                    const auto delay =
+                        std::chrono::microseconds((i * 7 + static_cast<std::size_t>(t)) % 3000);
+                    timer_handle handle = store.schedule_after(context{}, delay, tick());
+                    if (i % 3 == 0 && handle.cancel())
+                        ++cancelled_by_us;
+                }
+            });
+        }
+    }
+    std::this_thread::sleep_for(10ms);
+    REQUIRE_FALSE(store.close(context{}));
+    const auto m = store.metrics();
+    CHECK(m.cancelled >= cancelled_by_us);
+    // Each event reached the ring (at once or when due) or was cancelled, exactly once; each
+    // one that reached it was handled or overwritten (drop_oldest), exactly once.
+    CHECK(m.published + m.cancelled == 3 * per_thread);
+    CHECK(ran + m.dropped == m.published);
+    CHECK(m.processed == ran);
+}
