@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Runs every benchmark executable and prints one table: benchmark, ns per item (median over the
-repetitions), and for each peer row the ratio of the peer's time to ours in the same scenario.
+"""Runs every benchmark executable and prints one table in two sections: benchmark, ns per item
+(median over the repetitions), and for each peer row the ratio of the peer's time to ours in the
+same scenario; then the twins of GoEventBus's benchmarks, which have no peers: benchmark and ns per
+event (median).
 
 Called by scripts/bench, which builds the executables and passes, through the environment:
   EVENTBUS_BENCH_DIR      directory holding bench_* executables
@@ -9,6 +11,10 @@ Called by scripts/bench, which builds the executables and passes, through the en
 
 Benchmark names follow `<scenario>/<queue>[/real_time]`; rows whose queue starts with `eventbus`
 are ours. The reference for a scenario's ratios is its first eventbus row in REFERENCE_ORDER.
+
+The rows of TWINS_EXECUTABLE (bench/go_twins.cpp) are named `BM_<Name>/<event kind>[/threads:<T>]`
+and count one item per event, so their ns per item is ns per event. They are listed by name, a
+name's event kinds together, in the order the executable ran them.
 """
 
 import json
@@ -20,6 +26,7 @@ import sys
 from pathlib import Path
 
 REFERENCE_ORDER = ["eventbus_return_error", "eventbus_block", "eventbus_drop_oldest"]
+TWINS_EXECUTABLE = "bench_go_twins"
 
 
 def run(executable: Path, results: Path, args: list[str]) -> Path:
@@ -79,11 +86,29 @@ def table(rows: dict[str, float]) -> list[tuple[str, float, str]]:
     return out
 
 
-def markdown(lines: list[tuple[str, float, str]]) -> str:
-    text = "| benchmark | ns per item (median) | peer time / ours |\n|---|---:|---|\n"
-    for name, ns, ratio in lines:
-        text += f"| {name} | {ns:.1f} | {ratio} |\n"
-    return text
+def twin_table(rows: dict[str, float]) -> list[tuple[str, float]]:
+    """GoEventBus twins: no ratios; grouped by name (first-seen order), kinds in run order."""
+    by_name: dict[str, list[tuple[str, float]]] = {}
+    for name, ns in rows.items():
+        scenario, kind = split(name)
+        by_name.setdefault(scenario, []).append((f"{scenario}/{kind}", ns))
+    return [row for entries in by_name.values() for row in entries]
+
+
+def markdown(lines: list[tuple[str, float, str]], twins: list[tuple[str, float]]) -> str:
+    sections = []
+    if lines:
+        text = "| benchmark | ns per item (median) | peer time / ours |\n|---|---:|---|\n"
+        for name, ns, ratio in lines:
+            text += f"| {name} | {ns:.1f} | {ratio} |\n"
+        sections.append(text)
+    if twins:
+        text = "GoEventBus benchmarks, twinned (bench/go_twins.cpp):\n\n"
+        text += "| benchmark | ns per event (median) |\n|---|---:|\n"
+        for name, ns in twins:
+            text += f"| {name} | {ns:.1f} |\n"
+        sections.append(text)
+    return "\n".join(sections)
 
 
 def chart(lines: list[tuple[str, float, str]], svg: Path) -> None:
@@ -121,13 +146,15 @@ def main() -> int:
         print(f"error: no benchmark executables in {bench_dir}", file=sys.stderr)
         return 1
     rows: dict[str, float] = {}
+    twin_rows: dict[str, float] = {}
     for exe in executables:
-        rows.update(collect(run(exe, results, args)))
+        (twin_rows if exe.name == TWINS_EXECUTABLE else rows).update(collect(run(exe, results, args)))
     lines = table(rows)
-    text = markdown(lines)
+    twins = twin_table(twin_rows)
+    text = markdown(lines, twins)
     (results / "table.md").write_text(text)
     print(text)
-    chart(lines, results / "benchmarks.svg")
+    chart(lines + [(name, ns, "") for name, ns in twins], results / "benchmarks.svg")
     print(f"raw JSON, table.md and benchmarks.svg in {results}", file=sys.stderr)
     return 0
 
