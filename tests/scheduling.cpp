@@ -182,6 +182,7 @@ TEST_CASE("earlier events scheduled later still run first; the timer thread does
     (void)store.schedule_after(context{}, 20ms,
                                event{.id = "", .projection = "tick", .args = {{"n", 1}}});
     REQUIRE(eventually([&] { return store.metrics().processed == 2; }));
+    REQUIRE_FALSE(store.close(context{}));  // orders the timer thread's writes before ours
     CHECK(order == std::vector<int>{1, 2});
 }
 
@@ -215,4 +216,34 @@ TEST_CASE("many threads scheduling and cancelling: every event runs or is cancel
     CHECK(m.published + m.cancelled == 3 * per_thread);
     CHECK(ran + m.dropped == m.published);
     CHECK(m.processed == ran);
+}
+
+TEST_CASE("block: more events due at once than the ring holds still all run", "[schedule]") {
+    // The timer thread publishes before it waits for room: it never waits for itself.
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
+    {
+        event_store<eventbus::block> store(handlers, 1);
+        const auto when = clock_type::now() + 20ms;
+        (void)store.schedule(context{}, when, tick());
+        (void)store.schedule(context{}, when, tick());
+        REQUIRE(eventually([&] { return calls == 2; }));
+        // A full ring of unpublished events and a pending timer: the destructor still finishes.
+        REQUIRE_FALSE(store.subscribe(context{}, tick()));
+        (void)store.schedule_after(context{}, 10ms, tick());
+    }
+    CHECK(calls == 3);  // the last one was still pending: the destructor cancelled it
+}
+
+TEST_CASE("return_error: an event due while the ring is full is refused and counted",
+          "[schedule]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
+    event_store<eventbus::return_error> store(handlers, 1);
+    REQUIRE_FALSE(store.subscribe(context{}, tick()));  // full, not published
+    timer_handle handle = store.schedule_after(context{}, 10ms, tick());
+    REQUIRE(eventually([&] { return store.metrics().cancelled == 1; }));
+    CHECK_FALSE(handle.cancel());
+    store.publish();
+    CHECK(calls == 1);
 }

@@ -74,6 +74,10 @@ inline constexpr std::size_t cache_line_size = 64;  // x86-64 and most others
 
 static_assert(std::has_single_bit(cache_line_size), "cache_line_size must be a power of two");
 
+#if !defined(EVENTBUS_INLINE_PAYLOAD_SIZE)
+#define EVENTBUS_INLINE_PAYLOAD_SIZE 64
+#endif
+
 // errors //////////////////////////////////////////////////////////////////////////////////////////
 
 /// Error codes of eventbus, usable as `std::error_code` (`std::error_code ec = errc::closed;`).
@@ -927,6 +931,11 @@ class key {
     }
 
     [[nodiscard]] bool is_type() const noexcept { return value_.index() == 1; }
+    /// The type's identity for a type key (equal for equal types), nullptr for a string key.
+    [[nodiscard]] const void* type_id() const noexcept {
+        const auto* type = std::get_if<detail::type_key>(&value_);
+        return type != nullptr ? type->id : nullptr;
+    }
     /// The string, or a compiler-made description of the type.
     [[nodiscard]] std::string_view name() const noexcept {
         if (const auto* text = std::get_if<std::string>(&value_))
@@ -960,6 +969,14 @@ struct event {
     key projection = key("");
     ::eventbus::args args;
 };
+
+/// Bytes of a typed event stored inline in a ring slot, with no allocation per event: the larger
+/// of EVENTBUS_INLINE_PAYLOAD_SIZE (default 64) and `sizeof(event)` (128 with libstdc++), since
+/// both share the slot. Larger or over-aligned types, and those whose move constructor may
+/// throw, cost one heap allocation per event instead.
+inline constexpr std::size_t inline_payload_size = sizeof(event) > EVENTBUS_INLINE_PAYLOAD_SIZE
+                                                       ? sizeof(event)
+                                                       : EVENTBUS_INLINE_PAYLOAD_SIZE;
 
 }  // namespace v0
 }  // namespace eventbus
@@ -998,31 +1015,86 @@ struct tx_record {
     event_count done;
 };
 
+/// A typed event's key: one per type, made once.
+template <class T>
+const key& typed_key() noexcept {
+    static const key k = key::of<T>();
+    return k;
+}
+
 /// How an envelope moves, destroys and names the payload it holds.
 struct payload_ops {
+    const void* type;                                 // &type_tag<T>; nullptr: dynamic event
     void (*relocate)(void* from, void* to) noexcept;  // move-construct at `to`, destroy `from`
     void (*destroy)(void* at) noexcept;
+    const void* (*payload)(const void* at) noexcept;  // the T (or event) object
+    const key& (*projection)(const void* at) noexcept;
 };
+
+/// Whether a T lives inside the envelope (else on the heap, the envelope holding a pointer).
+template <class T>
+inline constexpr bool stored_inline =
+    sizeof(T) <= inline_payload_size &&
+    alignof(T) <= alignof(std::max_align_t) && std::is_nothrow_move_constructible_v<T>;
 
 template <class T>
-inline constexpr payload_ops inline_ops{
+const void* payload_of(const void* at) noexcept {
+    if constexpr (stored_inline<T>)
+        return std::launder(static_cast<const T*>(at));
+    else
+        return *std::launder(static_cast<T* const*>(at));
+}
+
+template <class T>
+inline constexpr payload_ops ops_for{
+    std::is_same_v<T, event> ? nullptr : &type_tag<T>,
     [](void* from, void* to) noexcept {
-        T* source = std::launder(static_cast<T*>(from));
-        ::new (to) T(std::move(*source));
-        source->~T();
+        if constexpr (stored_inline<T>) {
+            T* source = std::launder(static_cast<T*>(from));
+            ::new (to) T(std::move(*source));
+            source->~T();
+        } else {
+            ::new (to) T*(*std::launder(static_cast<T**>(from)));
+        }
     },
-    [](void* at) noexcept { std::launder(static_cast<T*>(at))->~T(); },
+    [](void* at) noexcept {
+        if constexpr (stored_inline<T>)
+            std::launder(static_cast<T*>(at))->~T();
+        else
+            delete *std::launder(static_cast<T**>(at));
+    },
+    &payload_of<T>,
+    [](const void* at) noexcept -> const key& {
+        if constexpr (std::is_same_v<T, event>)
+            return static_cast<const event*>(payload_of<T>(at))->projection;
+        else
+            return typed_key<T>();
+    },
 };
 
-/// What a ring slot of an event_store holds: one event, owned, plus the transaction it belongs
-/// to, if any. Move-only and nothrow-movable. An envelope destroyed while it still belongs to a
-/// transaction was never handled (drop_oldest overwrote it): it tells the transaction so.
+/// What a ring slot of an event_store holds: one event (a dynamic `event` or a typed payload,
+/// inline when it fits `inline_payload_size`), plus the transaction it belongs to, if any.
+/// Move-only and nothrow-movable. An envelope destroyed while it still belongs to a transaction
+/// was never handled (drop_oldest overwrote it): it tells the transaction so.
 class envelope {
   public:
     envelope() noexcept = default;
 
-    explicit envelope(event&& ev) noexcept : ops_(&inline_ops<event>) {
+    explicit envelope(event&& ev) noexcept : ops_(&ops_for<event>) {
         ::new (static_cast<void*>(storage_)) event(std::move(ev));
+    }
+
+    /// A typed payload made from `args`: no allocation when it is stored inline.
+    template <class T, class... Args>
+    envelope(std::in_place_type_t<T>, Args&&... args) noexcept(
+        stored_inline<T>&& std::is_nothrow_constructible_v<T, Args&&...>)
+        : ops_(&ops_for<T>) {
+        if constexpr (stored_inline<T>) {
+            ::new (static_cast<void*>(storage_)) T(std::forward<Args>(args)...);
+        } else {
+            T* heap = new T(std::forward<Args>(args)...);
+            ::new (static_cast<void*>(storage_)) T*(heap);
+        }
     }
 
     envelope(envelope&& other) noexcept { take(other); }
@@ -1035,11 +1107,11 @@ class envelope {
     }
     ~envelope() { reset(); }
 
-    /// The dynamic event inside.
-    [[nodiscard]] const event& dynamic() const noexcept {
-        return *std::launder(reinterpret_cast<const event*>(storage_));
-    }
-    [[nodiscard]] const key& projection() const noexcept { return dynamic().projection; }
+    [[nodiscard]] const key& projection() const noexcept { return ops_->projection(storage_); }
+    /// The payload's type tag, or nullptr for a dynamic event.
+    [[nodiscard]] const void* type() const noexcept { return ops_->type; }
+    /// The dynamic event (when `type()` is nullptr) or the typed payload.
+    [[nodiscard]] const void* payload() const noexcept { return ops_->payload(storage_); }
 
     void attach(std::shared_ptr<tx_record> record) noexcept { tx_ = std::move(record); }
     void detach() noexcept { tx_.reset(); }
@@ -1069,7 +1141,7 @@ class envelope {
 
     const payload_ops* ops_ = nullptr;
     std::shared_ptr<tx_record> tx_;
-    alignas(std::max_align_t) std::byte storage_[sizeof(event)];
+    alignas(std::max_align_t) std::byte storage_[inline_payload_size];
 };
 
 }  // namespace detail
@@ -1129,9 +1201,10 @@ class timer_handle {
   public:
     timer_handle() noexcept = default;
 
-    /// Stops the event: true if this call did (it will never run), false if it ran, was
-    /// cancelled already (by another cancel(), its context or the store's close()), or the
-    /// handle is empty. Takes the store's timer mutex briefly.
+    /// Stops the event: true if this call did (it will never run); false if it is due already
+    /// (it ran, or was refused when due: see `store_metrics::cancelled`), was cancelled already
+    /// (by another cancel(), its context or the store's close()), or the handle is empty. Takes
+    /// the store's timer mutex briefly.
     bool cancel() {
         if (!entry_)
             return false;
@@ -1257,7 +1330,8 @@ class snapshot {
 
 /// One registered handler. Calls are counted so that removal can wait for those in flight.
 struct handler_entry {
-    std::function<result(const context&, const args&)> call;
+    // `payload` is the event's args (`type` nullptr) or its typed payload (`type` its tag).
+    std::function<result(const context&, const void* type, const void* payload)> call;
     // Low 32 bits: calls in flight. High 32 bits: those of them whose thread is itself inside
     // remove() of this entry, which removal must not wait for. One word, so that every change
     // wakes a waiting remover.
@@ -1279,36 +1353,166 @@ inline thread_local const active_call* active_calls = nullptr;
 
 }  // namespace detail
 
-/// A handler, made from any invocable of the forms `result(const context&, const args&)` or
-/// `void(const context&, const args&)`. A handler fails by throwing.
+namespace detail {
+
+/// The parameter list of a non-generic callable (lambda, function object, function pointer).
+template <class... A>
+struct parameters {};
+template <class M>
+struct signature_of_member {};
+template <class C, class R, class... A>
+struct signature_of_member<R (C::*)(A...)> {
+    using type = parameters<A...>;
+};
+template <class C, class R, class... A>
+struct signature_of_member<R (C::*)(A...) const> {
+    using type = parameters<A...>;
+};
+template <class C, class R, class... A>
+struct signature_of_member<R (C::*)(A...) noexcept> {
+    using type = parameters<A...>;
+};
+template <class C, class R, class... A>
+struct signature_of_member<R (C::*)(A...) const noexcept> {
+    using type = parameters<A...>;
+};
+template <class R, class... A>
+struct signature_of_member<R (*)(A...)> {
+    using type = parameters<A...>;
+};
+template <class R, class... A>
+struct signature_of_member<R (*)(A...) noexcept> {
+    using type = parameters<A...>;
+};
+// No `type` for generic lambdas, overloaded call operators or other types (SFINAE-friendly).
+template <class F>
+struct signature_of : signature_of_member<F> {};
+template <class F>
+requires requires {
+    &F::operator();
+}
+struct signature_of<F> : signature_of_member<decltype(&F::operator())> {};
+
+/// The event type T of a handler taking `(const context&, const T&)` or `(const T&)`.
+template <class P>
+struct payload_of_parameters {};
+template <class T>
+struct payload_of_parameters<parameters<T>> {
+    using type = std::remove_cvref_t<T>;
+};
+template <class C, class T>
+struct payload_of_parameters<parameters<C, T>> {
+    using type = std::remove_cvref_t<T>;
+};
+template <class F>
+using deduced_payload_t = typename payload_of_parameters<typename signature_of<F>::type>::type;
+
+template <class F>
+concept args_handler = std::invocable<F&, const context&, const args&>;
+template <class F, class T>
+concept typed_handler_for =
+    !std::same_as<T, event> && !std::same_as<T, args> &&
+    (std::invocable<F&, const context&, const T&> || std::invocable<F&, const T&>);
+template <class F>
+concept deducible_typed_handler = !args_handler<F> && requires {
+    typename deduced_payload_t<F>;
+}
+&&typed_handler_for<F, deduced_payload_t<F>>;
+
+template <class R>
+result as_result(R&& r) {
+    if constexpr (std::is_void_v<std::remove_cvref_t<R>>) {
+        return {};
+    } else {
+        static_assert(std::is_convertible_v<R, result>,
+                      "a handler returns eventbus::result or void");
+        return std::forward<R>(r);
+    }
+}
+
+[[noreturn]] inline void throw_payload_mismatch(const char* expected) {
+    throw std::invalid_argument(std::string("eventbus: a handler taking ") + expected +
+                                " was given an event of another kind under its key");
+}
+
+}  // namespace detail
+
+/// A handler, made from any invocable of the forms `result|void(const context&, const args&)`
+/// (dynamic events) or `result|void(const context&, const T&)` / `result|void(const T&)` (typed
+/// events of type T; T is deduced from a non-generic callable). A handler fails by throwing.
 class handler {
   public:
     template <class F>
-    requires std::invocable<F&, const context&, const args&> handler(
+    requires detail::args_handler<F> || detail::deducible_typed_handler<F> handler(
         F fn)  // NOLINT: implicit, so lambdas fit a braced dispatcher list
-        : call_(wrap(std::move(fn))) {}
-
-  private:
-    friend class dispatcher;
-
-    template <class F>
-    static std::function<result(const context&, const args&)> wrap(F fn) {
-        using returned = std::invoke_result_t<F&, const context&, const args&>;
-        if constexpr (std::is_void_v<returned>) {
-            return [fn = std::move(fn)](const context& ctx, const args& a) mutable {
-                fn(ctx, a);
-                return result{};
-            };
+        : type_(nullptr) {
+        if constexpr (detail::args_handler<F>) {
+            call_ = wrap_args(std::move(fn));
         } else {
-            static_assert(std::is_convertible_v<returned, result>,
-                          "a handler returns eventbus::result or void");
-            return [fn = std::move(fn)](const context& ctx, const args& a) mutable -> result {
-                return fn(ctx, a);
-            };
+            using T = detail::deduced_payload_t<F>;
+            type_ = &detail::type_tag<T>;
+            call_ = wrap_typed<T>(std::move(fn));
         }
     }
 
-    std::function<result(const context&, const args&)> call_;
+    /// A handler of typed events of type T (for generic callables, where T cannot be deduced).
+    template <class T, class F>
+    requires detail::typed_handler_for<F, T>
+    [[nodiscard]] static handler of(F fn) {
+        return handler(&detail::type_tag<T>, wrap_typed<T>(std::move(fn)));
+    }
+
+    /// The type tag of T for a typed handler; nullptr for a handler of args.
+    [[nodiscard]] const void* payload_type() const noexcept { return type_; }
+
+  private:
+    friend class dispatcher;
+    using call_type = std::function<result(const context&, const void*, const void*)>;
+
+    handler(const void* type, call_type call) noexcept : call_(std::move(call)), type_(type) {}
+
+    template <class F>
+    static call_type wrap_args(F fn) {
+        return [fn = std::move(fn)](const context& ctx, const void* type,
+                                    const void* payload) mutable -> result {
+            if (type != nullptr)
+                detail::throw_payload_mismatch("args");
+            if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const args&>>) {
+                fn(ctx, *static_cast<const args*>(payload));
+                return {};
+            } else {
+                return detail::as_result(fn(ctx, *static_cast<const args*>(payload)));
+            }
+        };
+    }
+
+    template <class T, class F>
+    static call_type wrap_typed(F fn) {
+        return [fn = std::move(fn)](const context& ctx, const void* type,
+                                    const void* payload) mutable -> result {
+            if (type != &detail::type_tag<T>)
+                detail::throw_payload_mismatch("a typed event");
+            const T& value = *static_cast<const T*>(payload);
+            if constexpr (std::invocable<F&, const context&, const T&>) {
+                if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const T&>>) {
+                    fn(ctx, value);
+                    return {};
+                } else {
+                    return detail::as_result(fn(ctx, value));
+                }
+            } else {
+                if constexpr (std::is_void_v<std::invoke_result_t<F&, const T&>>) {
+                    fn(value);
+                    return {};
+                } else {
+                    return detail::as_result(fn(value));
+                }
+            }
+        };
+    }
+
+    call_type call_;
+    const void* type_;
 };
 
 class dispatcher;
@@ -1360,10 +1564,22 @@ class dispatcher {
     /// Adds a handler for `projection`, run after those registered before it. Thread-safe;
     /// allocates (copies the table).
     registration on(key projection, handler fn) {
+        if (fn.type_ != nullptr && !(projection.is_type() && projection.type_id() == fn.type_))
+            throw std::invalid_argument("eventbus: a typed handler registered under key '" +
+                                        std::string(projection.name()) +
+                                        "', which is not its event type");
         auto added = std::make_shared<detail::handler_entry>();
         added->call = std::move(fn.call_);
         table_.update([&](table& t) { t[projection].push_back(added); });
         return registration(*this, std::move(projection), std::move(added));
+    }
+
+    /// Adds a handler of typed events of type T: `on<house_was_sold>(fn)` with `fn` taking
+    /// `(const context&, const T&)` or `(const T&)`, returning result or void. Its key is
+    /// `key::of<T>()`. Thread-safe; allocates.
+    template <class T, class F>
+    requires detail::typed_handler_for<F, T> registration on(F fn) {
+        return on(key::of<T>(), handler::of<T>(std::move(fn)));
     }
 
     /// The current handler table, lock-free; kept alive as long as the returned pointer.
@@ -1452,16 +1668,19 @@ class next_handler {
     friend class event_store;
     using middleware_fn = std::function<result(const context&, const event&, const next_handler&)>;
     next_handler(const std::vector<middleware_fn>& chain, std::size_t index,
-                 const detail::handler_entry& target) noexcept
-        : chain_(&chain), index_(index), target_(&target) {}
+                 const detail::handler_entry& target, const detail::envelope& env) noexcept
+        : chain_(&chain), index_(index), target_(&target), env_(&env) {}
 
     const std::vector<middleware_fn>* chain_;
     std::size_t index_;
     const detail::handler_entry* target_;
+    const detail::envelope* env_;
 };
 
 /// Wraps every handler call: `result(const context&, const event&, const next_handler& next)`;
-/// call `next(ctx, ev)` to go on. The first registered is the outermost.
+/// call `next(ctx, ev)` to go on. The first registered is the outermost. For a typed event,
+/// middleware and hooks see an `event` with only `projection` set (`key::of<T>()`), and the
+/// handler always receives the original payload.
 using middleware = std::function<result(const context&, const event&, const next_handler&)>;
 using before_hook = std::function<void(const context&, const event&)>;
 /// Sees the result, or the error (`result` is then empty).
@@ -1471,8 +1690,10 @@ using error_hook = std::function<void(const context&, const event&, std::excepti
 
 inline result next_handler::operator()(const context& ctx, const event& ev) const {
     if (index_ < chain_->size())
-        return (*chain_)[index_](ctx, ev, next_handler(*chain_, index_ + 1, *target_));
-    return target_->call(ctx, ev.args);
+        return (*chain_)[index_](ctx, ev, next_handler(*chain_, index_ + 1, *target_, *env_));
+    if (env_->type() != nullptr)
+        return target_->call(ctx, env_->type(), env_->payload());
+    return target_->call(ctx, nullptr, &ev.args);  // what the middleware passed on
 }
 
 namespace detail {
@@ -1600,16 +1821,20 @@ class event_store {
             dispatch_until(std::nullopt);
             if (detail::inside_dispatch_of(this))
                 return {};
-            return drain(ctx);
+            if (const std::error_code error = drain(ctx))
+                return error;
+            return wait_for_timers(ctx);
         }
         let_workers_finish();
         if (detail::inside_dispatch_of(this))
             return {};
-        const std::error_code error = detail::retry_or_wait(idle_, ctx, [&]() noexcept {
+        std::error_code error = detail::retry_or_wait(idle_, ctx, [&]() noexcept {
             return exited_.load(std::memory_order_seq_cst) == workers_.size()
                        ? detail::attempt::ok
                        : detail::attempt::busy;
         });
+        if (!error)
+            error = wait_for_timers(ctx);
         if (error)
             stop_.request_stop();
         return error;
@@ -1621,10 +1846,13 @@ class event_store {
     /// caller (GoEventBus's behaviour) and returns an empty handle (whose `error()` is what
     /// subscribe returned). Otherwise the event waits on the store's timer thread (started by the
     /// first call; it sleeps until the earliest due time, no polling), which then subscribes it
-    /// under the store's policy and publishes (sync: the handlers run on the timer thread;
-    /// async: on the workers). `ctx` ending before then cancels it; so does `close()`. Returns
-    /// an empty handle with `errc::closed` after close. Thread-safe, also from a handler;
-    /// allocates (the entry; std::system_error if the thread cannot be started).
+    /// and publishes (sync: the handlers run on the timer thread; async: on the workers). When
+    /// due and the ring is full: drop_oldest overwrites as usual, return_error refuses it
+    /// (counted in `metrics().cancelled`), block publishes what is pending and waits for room.
+    /// `ctx` ending before the due time cancels it (noticed, and counted, at the due time or at
+    /// close; the entry is kept until then); `close()` cancels everything pending. An ended
+    /// `ctx`, or a closed store, gives an empty handle with that error. Thread-safe, also from a
+    /// handler; allocates (the entry; std::system_error if the thread cannot be started).
     timer_handle schedule(const context& ctx, context::clock::time_point when, event ev) {
         return schedule_envelope(ctx, when, detail::envelope(std::move(ev)));
     }
@@ -1801,6 +2029,10 @@ class event_store {
         std::vector<before_hook> before;
         std::vector<after_hook> after;
         std::vector<error_hook> error;
+
+        [[nodiscard]] bool empty() const noexcept {
+            return chain.empty() && before.empty() && after.empty() && error.empty();
+        }
     };
 
     struct batch_counts {
@@ -1851,22 +2083,24 @@ class event_store {
 
     timer_handle schedule_envelope(const context& ctx, context::clock::time_point when,
                                    detail::envelope&& env) {
+        if (const std::error_code error = ctx.err())
+            return timer_handle(error);
         if (when <= context::clock::now()) {
             const std::error_code error = ring_.emplace(ctx, std::move(env));
             if (!error)
                 publish();
             return timer_handle(error);
         }
-        if (const std::error_code error = ctx.err())
-            return timer_handle(error);
         auto entry = std::make_shared<detail::timer_entry>(ctx, when, std::move(env));
         detail::timer_queue& q = *timers_;
         {
             std::lock_guard lock(q.mutex);
             if (q.stopping || ring_.is_closed())
                 return timer_handle(errc::closed);
-            if (!timer_thread_.joinable())
+            if (!timer_thread_.joinable()) {
+                timer_running_.store(true, std::memory_order_seq_cst);
                 timer_thread_ = std::thread([this] { run_timers(); });
+            }
             const bool earliest = q.pending.empty() || when < q.pending.begin()->first;
             q.pending.emplace(when, entry);
             q.scheduled.fetch_add(1, std::memory_order_relaxed);
@@ -1901,9 +2135,15 @@ class event_store {
             lock.unlock();
             bool enqueued = false;
             for (const auto& entry : due) {
-                const std::error_code error = entry->ctx.done()
-                                                  ? entry->ctx.err()
-                                                  : ring_.emplace(entry->ctx, std::move(entry->ev));
+                std::error_code error = entry->ctx.err();
+                if (!error)
+                    error = ring_.try_emplace(std::move(entry->ev));
+                if (error == errc::buffer_full && std::same_as<Policy, block>) {
+                    // Publish what is pending first (sync: dispatch it here), so that a ring
+                    // full of unpublished events, this batch's among them, can make room.
+                    publish();
+                    error = ring_.emplace(entry->ctx, std::move(entry->ev));
+                }
                 if (error)
                     q.cancelled.fetch_add(1, std::memory_order_relaxed);
                 else
@@ -1914,6 +2154,19 @@ class event_store {
             due.clear();  // events, and whatever they own, are freed outside the mutex
             lock.lock();
         }
+        lock.unlock();
+        // Seq_cst store, then notify: close() waits for this with the eventcount protocol.
+        timer_running_.store(false, std::memory_order_seq_cst);
+        idle_.notify_if_waiting();
+    }
+
+    // close(), after stop_timers() and closing the ring: waits until the timer thread has
+    // finished its last batch, so that the counters are final.
+    std::error_code wait_for_timers(const context& ctx) {
+        return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
+            return timer_running_.load(std::memory_order_seq_cst) ? detail::attempt::busy
+                                                                  : detail::attempt::ok;
+        });
     }
 
     // close(): cancels what is still pending; the timer thread then exits.
@@ -2096,21 +2349,22 @@ class event_store {
     }
 
     void stop_workers() noexcept {
-        stop_timers();
-        join_timers();
         if (!options_.async) {
             (void)close(context{});
+            join_timers();
             // Threads that finished dispatching may still be notifying: wait for them (a few
             // instructions) before the store's memory goes.
             while (notifying_.load(std::memory_order_seq_cst) != 0)
                 std::this_thread::yield();
             return;
         }
-        ring_.close();
+        stop_timers();
+        ring_.close();  // also wakes a timer thread waiting for room
         let_workers_finish();
         for (auto& worker : workers_)
             if (worker.joinable())
                 worker.join();
+        join_timers();
     }
 
     void add(const batch_counts& counts) noexcept {
@@ -2145,14 +2399,24 @@ class event_store {
             env.complete(false);
             return;
         }
+        // What hooks and middleware see: the event, or for a typed one a stand-in with its key
+        // (made only when there are hooks; it allocates nothing).
+        const event* ev = nullptr;
+        std::optional<event> stand_in;
+        if (env.type() == nullptr) {
+            ev = static_cast<const event*>(env.payload());
+        } else if (!hooks.empty()) {
+            stand_in.emplace(event{.id = {}, .projection = env.projection(), .args = {}});
+            ev = &*stand_in;
+        }
         const std::uint64_t errors_before = counts.errors;
         for (const auto& target : found->second)
-            call_one(*target, env.dynamic(), hooks, counts);
+            call_one(*target, env, ev, hooks, counts);
         env.complete(counts.errors != errors_before);
     }
 
-    void call_one(detail::handler_entry& target, const event& ev, const hook_set& hooks,
-                  batch_counts& counts) {
+    void call_one(detail::handler_entry& target, const detail::envelope& env, const event* ev,
+                  const hook_set& hooks, batch_counts& counts) {
         // Seq_cst: pairs with dispatcher::remove (set `removed`, then read the count).
         target.calls.fetch_add(1, std::memory_order_seq_cst);
         struct release_call {
@@ -2176,9 +2440,15 @@ class event_store {
         result outcome;
         std::exception_ptr error;
         try {
-            for (const auto& hook : hooks.before)
-                hook(handler_ctx_, ev);
-            outcome = next_handler(hooks.chain, 0, target)(handler_ctx_, ev);
+            if (hooks.empty()) {
+                // The hot path: straight to the handler.
+                outcome = target.call(handler_ctx_, env.type(),
+                                      env.type() != nullptr ? env.payload() : &ev->args);
+            } else {
+                for (const auto& hook : hooks.before)
+                    hook(handler_ctx_, *ev);
+                outcome = next_handler(hooks.chain, 0, target, env)(handler_ctx_, *ev);
+            }
         } catch (...) {
             error = std::current_exception();
         }
@@ -2187,14 +2457,14 @@ class event_store {
             ++counts.errors;
         for (const auto& hook : hooks.after) {
             try {
-                hook(handler_ctx_, ev, outcome, error);
+                hook(handler_ctx_, *ev, outcome, error);
             } catch (...) {
             }
         }
         if (error) {
             for (const auto& hook : hooks.error) {
                 try {
-                    hook(handler_ctx_, ev, error);
+                    hook(handler_ctx_, *ev, error);
                 } catch (...) {
                 }
             }
@@ -2229,6 +2499,7 @@ class event_store {
     std::vector<std::jthread> workers_;
     std::shared_ptr<detail::timer_queue> timers_ = std::make_shared<detail::timer_queue>();
     std::thread timer_thread_;  // started by the first schedule(), joined by the destructor
+    std::atomic<bool> timer_running_{false};
 };
 
 }  // namespace v0
