@@ -978,6 +978,15 @@ inline constexpr std::size_t inline_payload_size = sizeof(event) > EVENTBUS_INLI
                                                        ? sizeof(event)
                                                        : EVENTBUS_INLINE_PAYLOAD_SIZE;
 
+/// What can be published as a typed event: a movable object type other than `event` (and
+/// `args`); its type is its key.
+template <class T>
+concept typed_event =
+    std::is_object_v<std::remove_cvref_t<T>> && !std::is_array_v<std::remove_cvref_t<T>> &&
+    !std::same_as<std::remove_cvref_t<T>, event> && !std::same_as<std::remove_cvref_t<T>, args> &&
+    std::constructible_from<std::remove_cvref_t<T>, T&&> &&
+    std::is_nothrow_destructible_v<std::remove_cvref_t<T>>;
+
 }  // namespace v0
 }  // namespace eventbus
 
@@ -1763,6 +1772,21 @@ class event_store {
         return ring_.emplace(ctx, std::move(ev));
     }
 
+    /// Enqueues a typed event: `subscribe(ctx, house_was_sold{"123 Main St", 500000})`. Its key
+    /// is `key::of<T>()`; handlers registered with `dispatcher::on<T>` receive it as `const T&`.
+    /// No allocation when T is stored inline (see `inline_payload_size`); otherwise one. Errors,
+    /// thread-safety and waiting as for events; on failure an rvalue argument is left intact
+    /// when T is stored inline and nothrow-constructible from it.
+    template <typed_event T>
+    [[nodiscard]] std::error_code subscribe(const context& ctx, T&& value) {
+        using U = std::remove_cvref_t<T>;
+        if constexpr (detail::stored_inline<U> && std::is_nothrow_constructible_v<U, T&&>)
+            return ring_.emplace(ctx, std::in_place_type<U>, std::forward<T>(value));
+        else
+            return ring_.emplace(ctx,
+                                 detail::envelope(std::in_place_type<U>, std::forward<T>(value)));
+    }
+
     /// Sync: dispatches, in FIFO order on the calling thread, every event enqueued before the
     /// call; events enqueued meanwhile (also by handlers) wait for the next publish(). With
     /// several threads publishing, each event is handled by exactly one of them.
@@ -1871,6 +1895,25 @@ class event_store {
         return schedule(ctx, due_after(delay), std::move(ev));
     }
 
+    /// The same three for typed events.
+    template <typed_event T>
+    timer_handle schedule(const context& ctx, context::clock::time_point when, T&& value) {
+        return schedule_envelope(
+            ctx, when,
+            detail::envelope(std::in_place_type<std::remove_cvref_t<T>>, std::forward<T>(value)));
+    }
+    template <typed_event T>
+    timer_handle schedule(const context& ctx, std::chrono::system_clock::time_point when,
+                          T&& value) {
+        const auto delay = when - std::chrono::system_clock::now();
+        return schedule_after(ctx, delay, std::forward<T>(value));
+    }
+    template <class Rep, class Period, typed_event T>
+    timer_handle schedule_after(const context& ctx, std::chrono::duration<Rep, Period> delay,
+                                T&& value) {
+        return schedule(ctx, due_after(delay), std::forward<T>(value));
+    }
+
     class transaction;
 
     /// A transaction on this store: buffers events and enqueues them all at once on commit.
@@ -1945,6 +1988,16 @@ class event_store {
             if (!open_)
                 return errc::finished;
             events_.emplace_back(std::move(ev));
+            return {};
+        }
+
+        /// Buffers a typed event (as `event_store::subscribe` takes them).
+        template <typed_event T>
+        std::error_code publish(T&& value) {
+            if (!open_)
+                return errc::finished;
+            events_.emplace_back(std::in_place_type<std::remove_cvref_t<T>>,
+                                 std::forward<T>(value));
             return {};
         }
 
