@@ -251,7 +251,7 @@ void bm_1p1c(benchmark::State& state) {
         // Written once by the consumer at the end: no sharing with the producer's stack.
         std::uint64_t sum = 0;
         std::uint64_t out_of_order = 0;
-        std::thread consumer([&queue, &sum, &out_of_order, items] {
+        std::thread consumer([&queue, &sum, &out_of_order] {
             std::uint64_t local_sum = 0;
             std::uint64_t local_out_of_order = 0;
             std::uint64_t expected = 1;

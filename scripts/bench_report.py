@@ -15,6 +15,11 @@ are ours. The reference for a scenario's ratios is its first eventbus row in REF
 The rows of TWINS_EXECUTABLE (bench/go_twins.cpp) are named `BM_<Name>/<event kind>[/threads:<T>]`
 and count one item per event, so their ns per item is ns per event. They are listed by name, a
 name's event kinds together, in the order the executable ran them.
+
+After them come issue 6's goals, computed from the same numbers: BM_EventStore_Sync/typed over the
+floor BM_HandlerCall/std_function (the same handler called directly through a std::function; goal
+at most 3x) and BM_EventStore_Sync/dynamic over BM_EventStore_Sync/typed (goal at least 10x). The
+ratios are printed whether or not a goal is met.
 """
 
 import json
@@ -27,6 +32,16 @@ from pathlib import Path
 
 REFERENCE_ORDER = ["eventbus_return_error", "eventbus_block", "eventbus_drop_oldest"]
 TWINS_EXECUTABLE = "bench_go_twins"
+
+# Issue 6: (label, numerator row, denominator row, goal text, predicate on the ratio). Rows are
+# (name, kind) as split() returns them.
+SYNC_TYPED = ("BM_EventStore_Sync", "typed")
+SYNC_DYNAMIC = ("BM_EventStore_Sync", "dynamic")
+HANDLER_FLOOR = ("BM_HandlerCall", "std_function")
+ISSUE6_GOALS = [
+    ("typed / floor", SYNC_TYPED, HANDLER_FLOOR, "≤ 3x", lambda r: r <= 3.0),
+    ("dynamic / typed", SYNC_DYNAMIC, SYNC_TYPED, "≥ 10x", lambda r: r >= 10.0),
+]
 
 
 def run(executable: Path, results: Path, args: list[str]) -> Path:
@@ -46,8 +61,9 @@ def ns_per_item(entry: dict) -> float:
     return entry["real_time"] * scale
 
 
-def collect(json_file: Path) -> dict[str, float]:
-    """Benchmark name -> ns per item: the median aggregate when repeated, else the single run."""
+def collect(json_file: Path) -> tuple[dict[str, float], bool]:
+    """Benchmark name -> ns per item: the median aggregate when repeated, else the single run;
+    and whether every row is a median."""
     data = json.loads(json_file.read_text())
     singles: dict[str, float] = {}
     medians: dict[str, float] = {}
@@ -60,7 +76,7 @@ def collect(json_file: Path) -> dict[str, float]:
                 medians[name] = ns_per_item(entry)
         else:
             singles.setdefault(name, ns_per_item(entry))
-    return {**singles, **medians}
+    return {**singles, **medians}, set(singles) <= set(medians)
 
 
 def split(name: str) -> tuple[str, str]:
@@ -95,19 +111,48 @@ def twin_table(rows: dict[str, float]) -> list[tuple[str, float]]:
     return [row for entries in by_name.values() for row in entries]
 
 
-def markdown(lines: list[tuple[str, float, str]], twins: list[tuple[str, float]]) -> str:
+def issue6_goals(rows: dict[str, float], medians: bool) -> str:
+    """Issue 6's ratios from the twins' rows, met or not; empty if a row did not run."""
+    by_row = {split(name): ns for name, ns in rows.items()}
+    needed = {SYNC_TYPED, SYNC_DYNAMIC, HANDLER_FLOOR}
+    missing = sorted("/".join(row) for row in needed if row not in by_row)
+    if missing:
+        return f"Issue 6 goals: not computed, rows missing: {', '.join(missing)}\n"
+    source = "medians" if medians else "single runs, NOT medians (use repetitions for numbers)"
+    text = (
+        "Issue 6 goals: BM_EventStore_Sync (subscribe + publish + handler, per event) against the\n"
+        "floor BM_HandlerCall/std_function (the same typed handler called directly through a\n"
+        f"std::function), from {source}:\n\n"
+        "| ratio | measured | ns per event | goal | met |\n|---|---:|---|---|---|\n"
+    )
+    for label, top, bottom, goal, met in ISSUE6_GOALS:
+        ratio = by_row[top] / by_row[bottom]
+        ns = f"{by_row[top]:.1f} / {by_row[bottom]:.1f}"
+        text += f"| {label} | {ratio:.2f}x | {ns} | {goal} | {'yes' if met(ratio) else 'no'} |\n"
+    return text
+
+
+def markdown(
+    lines: list[tuple[str, float, str]],
+    twins: list[tuple[str, float]],
+    goals: str = "",
+    medians: bool = True,
+) -> str:
     sections = []
+    stat = "median" if medians else "single run"
     if lines:
-        text = "| benchmark | ns per item (median) | peer time / ours |\n|---|---:|---|\n"
+        text = f"| benchmark | ns per item ({stat}) | peer time / ours |\n|---|---:|---|\n"
         for name, ns, ratio in lines:
             text += f"| {name} | {ns:.1f} | {ratio} |\n"
         sections.append(text)
     if twins:
         text = "GoEventBus benchmarks, twinned (bench/go_twins.cpp):\n\n"
-        text += "| benchmark | ns per event (median) |\n|---|---:|\n"
+        text += f"| benchmark | ns per event ({stat}) |\n|---|---:|\n"
         for name, ns in twins:
             text += f"| {name} | {ns:.1f} |\n"
         sections.append(text)
+    if goals:
+        sections.append(goals)
     return "\n".join(sections)
 
 
@@ -147,11 +192,15 @@ def main() -> int:
         return 1
     rows: dict[str, float] = {}
     twin_rows: dict[str, float] = {}
+    all_medians = True
     for exe in executables:
-        (twin_rows if exe.name == TWINS_EXECUTABLE else rows).update(collect(run(exe, results, args)))
+        collected, medians = collect(run(exe, results, args))
+        all_medians = all_medians and medians
+        (twin_rows if exe.name == TWINS_EXECUTABLE else rows).update(collected)
     lines = table(rows)
     twins = twin_table(twin_rows)
-    text = markdown(lines, twins)
+    goals = issue6_goals(twin_rows, all_medians) if twin_rows else ""
+    text = markdown(lines, twins, goals, all_medians)
     (results / "table.md").write_text(text)
     print(text)
     chart(lines + [(name, ns, "") for name, ns in twins], results / "benchmarks.svg")
