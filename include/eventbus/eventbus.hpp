@@ -1796,7 +1796,9 @@ class event_store {
         if (options_.async) {
             make_eligible(ring_.mark());
         } else {
-            dispatch_until(ring_.mark());
+            const std::uint64_t mark = ring_.mark();
+            if (ring_.consumed_mark() != mark)  // else nothing to dispatch: skip the set-up
+                dispatch_until(mark);
         }
     }
 
@@ -1810,8 +1812,9 @@ class event_store {
             return errc::would_deadlock;
         if (!options_.async) {
             return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
-                return active_.load(std::memory_order_seq_cst) == 0 ? detail::attempt::ok
-                                                                    : detail::attempt::busy;
+                return (dispatching_.load(std::memory_order_seq_cst) & active_mask) == 0
+                           ? detail::attempt::ok
+                           : detail::attempt::busy;
             });
         }
         const std::uint64_t target = eligible_.load(std::memory_order_seq_cst);
@@ -2094,13 +2097,13 @@ class event_store {
         std::uint64_t unhandled = 0;
     };
 
-    // Marks this thread as dispatching this store (sync: counted in active_ for drain).
+    // Marks this thread as dispatching this store (sync: counted in dispatching_ for drain).
     class dispatch_scope {
       public:
         explicit dispatch_scope(event_store& s) noexcept
             : store_(s), frame_{&s, detail::dispatch_frames} {
             if (!store_.options_.async)
-                store_.active_.fetch_add(1, std::memory_order_seq_cst);
+                store_.dispatching_.fetch_add(1, std::memory_order_seq_cst);
             detail::dispatch_frames = &frame_;
         }
         dispatch_scope(const dispatch_scope&) = delete;
@@ -2108,13 +2111,13 @@ class event_store {
         ~dispatch_scope() {
             detail::dispatch_frames = frame_.outer;
             if (!store_.options_.async) {
-                // Seq_cst RMW, then notify: the eventcount protocol (drain re-checks seq_cst).
-                // `notifying_` covers the notify: a close() that sees active_ reach 0 may let
-                // the destructor run, which waits for notifying_ before freeing the store.
-                store_.notifying_.fetch_add(1, std::memory_order_seq_cst);
-                store_.active_.fetch_sub(1, std::memory_order_seq_cst);
+                // One seq_cst RMW leaves the active count and enters the notifying count, then
+                // notify: the eventcount protocol (drain re-checks seq_cst). The notifying count
+                // covers the notify: a close() that sees no one active may let the destructor
+                // run, which waits for the notifiers before freeing the store.
+                store_.dispatching_.fetch_add(notifying_one - 1, std::memory_order_seq_cst);
                 store_.idle_.notify_if_waiting();
-                store_.notifying_.fetch_sub(1, std::memory_order_release);
+                store_.dispatching_.fetch_sub(notifying_one, std::memory_order_release);
             }
         }
 
@@ -2322,7 +2325,7 @@ class event_store {
     // A worker keeps its copies of the handler table and the hooks across events while they
     // are current (taking them per event would cost shared read-modify-writes), and drops them
     // before it sleeps so that old copies can be freed.
-    struct worker_view {
+    struct handler_view {
         std::shared_ptr<const dispatcher::table> table;
         std::shared_ptr<const hook_set> hooks;
         std::uint64_t table_version = 0;
@@ -2352,7 +2355,7 @@ class event_store {
         dispatch_scope scope(*this);
         const context never;
         detail::backoff idle;
-        worker_view view;
+        handler_view view;
         for (;;) {
             stripe* lane = nullptr;
             std::optional<detail::envelope> ev = take(worker, lane);
@@ -2407,7 +2410,7 @@ class event_store {
             join_timers();
             // Threads that finished dispatching may still be notifying: wait for them (a few
             // instructions) before the store's memory goes.
-            while (notifying_.load(std::memory_order_seq_cst) != 0)
+            while ((dispatching_.load(std::memory_order_seq_cst) >> 32) != 0)
                 std::this_thread::yield();
             return;
         }
@@ -2431,15 +2434,27 @@ class event_store {
 
     void dispatch_until(std::optional<std::uint64_t> mark) {
         dispatch_scope scope(*this);
-        const auto table = dispatcher_->handlers();
-        const auto hooks = hooks_.read();
+        // One publishing thread at a time uses the store's cached copies of the table and the
+        // hooks (re-read only when their version changed); the others, and nested publishes,
+        // read their own copies, which costs a few shared read-modify-writes.
+        struct view_lease {
+            std::atomic<bool>& busy;
+            const bool owned = !busy.exchange(true, std::memory_order_acquire);
+            ~view_lease() {
+                if (owned)
+                    busy.store(false, std::memory_order_release);
+            }
+        } lease{view_busy_};
+        handler_view own;
+        handler_view& view = lease.owned ? view_ : own;
+        view.refresh(*dispatcher_, hooks_);
         batch_counts counts;
         for (;;) {
             std::optional<detail::envelope> ev =
                 mark ? ring_.try_pop_before(*mark) : ring_.try_pop();
             if (!ev)
                 break;
-            dispatch(*ev, *table, *hooks, counts);
+            dispatch(*ev, *view.table, *view.hooks, counts);
         }
         add(counts);
     }
@@ -2452,19 +2467,21 @@ class event_store {
             env.complete(false);
             return;
         }
-        // What hooks and middleware see: the event, or for a typed one a stand-in with its key
-        // (made only when there are hooks; it allocates nothing).
-        const event* ev = nullptr;
-        std::optional<event> stand_in;
-        if (env.type() == nullptr) {
-            ev = static_cast<const event*>(env.payload());
-        } else if (!hooks.empty()) {
-            stand_in.emplace(event{.id = {}, .projection = env.projection(), .args = {}});
-            ev = &*stand_in;
-        }
         const std::uint64_t errors_before = counts.errors;
-        for (const auto& target : found->second)
-            call_one(*target, env, ev, hooks, counts);
+        if (env.type() == nullptr) {
+            const auto* ev = static_cast<const event*>(env.payload());
+            for (const auto& target : found->second)
+                call_one(*target, env, ev, hooks, counts);
+        } else if (hooks.empty()) {
+            for (const auto& target : found->second)
+                call_one(*target, env, nullptr, hooks, counts);
+        } else {
+            // Hooks and middleware see a stand-in for a typed event, with its key only (it
+            // allocates nothing).
+            const event stand_in{.id = {}, .projection = env.projection(), .args = {}};
+            for (const auto& target : found->second)
+                call_one(*target, env, &stand_in, hooks, counts);
+        }
         env.complete(counts.errors != errors_before);
     }
 
@@ -2534,14 +2551,17 @@ class event_store {
     std::atomic<std::uint64_t> errors_{0};
     std::atomic<std::uint64_t> unhandled_{0};
     // Sync: threads inside a dispatch. Async: events taken (or being taken) and not finished.
-    alignas(cache_line_size) std::atomic<std::uint32_t> active_{0};
+    // Sync: low 32 bits, threads inside a dispatch; high 32 bits, threads leaving one that are
+    // still notifying.
+    alignas(cache_line_size) std::atomic<std::uint64_t> dispatching_{0};
+    static constexpr std::uint64_t notifying_one = std::uint64_t{1} << 32;
+    static constexpr std::uint64_t active_mask = notifying_one - 1;
     // Async: per worker, a lower bound of the position it is taking or handling.
     struct alignas(cache_line_size) taking_slot {
         std::atomic<std::uint64_t> position{no_position};
     };
     static constexpr std::uint64_t no_position = ~std::uint64_t{0};
     std::unique_ptr<taking_slot[]> taking_;
-    std::atomic<std::uint32_t> notifying_{0};
     alignas(cache_line_size) std::atomic<std::uint64_t> eligible_;  // async: publish()'s mark
     std::atomic<bool> closing_{false};
     std::atomic<std::size_t> exited_{0};
@@ -2553,6 +2573,9 @@ class event_store {
     std::shared_ptr<detail::timer_queue> timers_ = std::make_shared<detail::timer_queue>();
     std::thread timer_thread_;  // started by the first schedule(), joined by the destructor
     std::atomic<bool> timer_running_{false};
+    // Sync: the copies of the table and hooks kept between publishes, and who is using them.
+    alignas(cache_line_size) std::atomic<bool> view_busy_{false};
+    handler_view view_;
 };
 
 }  // namespace v0
