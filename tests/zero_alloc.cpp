@@ -26,6 +26,12 @@ void* counted(std::size_t size, std::size_t alignment = alignof(std::max_align_t
     return p;
 }
 
+// Out of line: GCC otherwise sees free() of a pointer from operator new through inlining and
+// warns (-Wmismatched-new-delete), although the replaced operator new got it from malloc.
+[[gnu::noinline]] void release(void* p) noexcept {
+    std::free(p);
+}
+
 }  // namespace
 
 // The replaceable allocation functions (all of them, so that nothing escapes the count).
@@ -56,28 +62,28 @@ void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
     return counted(size);
 }
 void operator delete(void* p) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, std::size_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, std::size_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 
 namespace {
