@@ -270,3 +270,67 @@ TEST_CASE("a handler whose captures call back into the dispatcher when freed", "
     }
     CHECK(registered_from_destructor == 1);
 }
+
+TEST_CASE("a copy of a registration keeps the handler removable after the original is gone",
+          "[dispatcher]") {
+    dispatcher handlers;
+    std::atomic<int> calls{0};
+    eventbus::registration copy;
+    {
+        auto original = handlers.on("e", [&](const context&, const args&) { ++calls; });
+        copy = original;
+        eventbus::registration moved = std::move(original);
+        CHECK(moved);
+        CHECK_FALSE(original);  // NOLINT: moved-from is empty by contract
+    }
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe({}, make("e")));
+    store.publish();
+    CHECK(calls == 1);
+    copy.remove();
+    CHECK_FALSE(copy);
+    REQUIRE_FALSE(store.subscribe({}, make("e")));
+    store.publish();
+    CHECK(calls == 1);
+}
+
+TEST_CASE("remove() still waits for calls in flight when other handles were dropped",
+          "[dispatcher]") {
+    dispatcher handlers;
+    std::atomic<bool> running{false};
+    std::atomic<bool> finished{false};
+    auto kept = handlers.on("slow", [&](const context&, const args&) {
+        running = true;
+        std::this_thread::sleep_for(30ms);
+        finished = true;
+    });
+    { auto dropped_copy = kept; }  // one of two handles gone: still removable
+    event_store<> store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe({}, make("slow")));
+    std::jthread publisher([&] { store.publish(); });
+    while (!running)
+        std::this_thread::yield();
+    kept.remove();
+    CHECK(finished);  // remove() returned only after the call in flight ended
+}
+
+TEST_CASE("a sync store keeps no removed handler alive once its handles are gone", "[dispatcher]") {
+    // A store may cache the handler table between publishes, but only a table whose handlers can
+    // never be removed: a removed handler's captures die with its last handle, publish or not.
+    dispatcher handlers;
+    eventbus_test::lifetime_counts counts;
+    event_store<> store(handlers, 8);
+    {
+        auto capture = std::make_shared<eventbus_test::tracked>(counts, 1);
+        auto reg = handlers.on("e", [capture](const context&, const args&) {});
+        capture.reset();
+        REQUIRE_FALSE(store.subscribe({}, make("e")));
+        store.publish();
+        reg.remove();
+    }
+    CHECK(counts.alive() == 0);
+    (void)handlers.on("permanent", [](const context&, const args&) {});  // handle dropped
+    REQUIRE_FALSE(store.subscribe({}, make("permanent")));
+    store.publish();
+    CHECK(store.metrics().processed == 2);
+}

@@ -60,6 +60,14 @@ static_assert(!eventbus::detail::stored_inline<throwing_move>);
 static_assert(eventbus::typed_event<house_was_sold>);
 static_assert(!eventbus::typed_event<event>);
 static_assert(eventbus::inline_payload_size >= 64);
+// Pointers and eventbus's own types are not typed events (a pointer would silently go nowhere).
+struct derived_event : event {};
+static_assert(!eventbus::typed_event<derived_event>);
+static_assert(!eventbus::typed_event<house_was_sold*>);
+static_assert(!eventbus::typed_event<const char*>);
+static_assert(!eventbus::typed_event<eventbus::key>);
+static_assert(!eventbus::typed_event<eventbus::context>);
+static_assert(eventbus::typed_event<const house_was_sold&>);
 
 }  // namespace
 
@@ -260,4 +268,18 @@ TEST_CASE("async typed events with ordered_by_key: each handled once, per type i
     const auto m = store.metrics();
     CHECK(static_cast<int>(ticks.size()) + sales.load() + static_cast<int>(m.dropped) == 2 * n);
     CHECK(std::is_sorted(ticks.begin(), ticks.end()));
+}
+
+TEST_CASE("type keys are named by their type; on<const T> is on<T>", "[typed]") {
+    const auto name = key::of<house_was_sold>().name();
+    CHECK(name.find("house_was_sold") != std::string_view::npos);
+    CHECK(name.find("type_name") == std::string_view::npos);
+    CHECK(name.size() < 60);
+    int calls = 0;
+    dispatcher handlers;
+    (void)handlers.on<const house_was_sold>([&](const house_was_sold&) { ++calls; });
+    event_store store(handlers, 8);
+    REQUIRE_FALSE(store.subscribe(context{}, house_was_sold{"a", 1}));
+    store.publish();
+    CHECK(calls == 1);
 }

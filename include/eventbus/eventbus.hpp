@@ -74,6 +74,7 @@ inline constexpr std::size_t cache_line_size = 64;  // x86-64 and most others
 
 static_assert(std::has_single_bit(cache_line_size), "cache_line_size must be a power of two");
 
+// Must be the same in every translation unit of a program (it shapes the store's slots).
 #if !defined(EVENTBUS_INLINE_PAYLOAD_SIZE)
 #define EVENTBUS_INLINE_PAYLOAD_SIZE 64
 #endif
@@ -618,6 +619,17 @@ class ring_buffer {
         return out;
     }
 
+    /// `try_pop` and `try_pop_before`, moving the element into `out` (by move assignment)
+    /// instead of returning an optional, so that a consumer loop can reuse one object. True if
+    /// an element was taken.
+    [[nodiscard]] bool try_pop(T& out) noexcept requires std::is_nothrow_move_assignable_v<T> {
+        return try_pop_once(out) == detail::attempt::ok;
+    }
+    [[nodiscard]] bool try_pop_before(
+        std::uint64_t mark, T& out) noexcept requires std::is_nothrow_move_assignable_v<T> {
+        return try_pop_once(out, mark) == detail::attempt::ok;
+    }
+
     /// A position just after every element popped or dropped so far. Once it has passed a
     /// `mark()`, every element accepted before that mark has been taken out.
     [[nodiscard]] std::uint64_t consumed_mark() const noexcept {
@@ -834,7 +846,9 @@ class ring_buffer {
 
     // One pop attempt into `out`. `busy`: empty (never reported while a push is publishing).
     // With `limit`, takes only elements of positions before it (`busy` otherwise).
-    detail::attempt try_pop_once(std::optional<T>& out,
+    // `out` is a std::optional<T> (emplaced) or a T (move-assigned).
+    template <class Out>
+    detail::attempt try_pop_once(Out& out,
                                  std::optional<std::uint64_t> limit = std::nullopt) noexcept {
         detail::backoff wait;
         std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
@@ -848,7 +862,10 @@ class ring_buffer {
                 if (indices_.head.compare_exchange_weak(
                         head, head + step, std::memory_order_seq_cst, std::memory_order_relaxed)) {
                     T* element = s.element();
-                    out.emplace(std::move(*element));
+                    if constexpr (std::is_same_v<Out, T>)
+                        out = std::move(*element);
+                    else
+                        out.emplace(std::move(*element));
                     element->~T();
                     // Release: our move and destruction happen before the next producer's
                     // construction in this slot.
@@ -902,12 +919,24 @@ struct type_key {
 template <class T>
 inline constexpr char type_tag = 0;
 
+// The compiler's spelling of T, cut out of the function signature it writes: GCC writes
+// "... [with T = S; ...]", clang "... [T = S]", MSVC "...type_name<S>(void) noexcept".
 template <class T>
 constexpr std::string_view type_name() noexcept {
 #if defined(__clang__) || defined(__GNUC__)
-    return __PRETTY_FUNCTION__;
+    std::string_view full = __PRETTY_FUNCTION__;
+    const auto start = full.find("T = ");
+    if (start == std::string_view::npos)
+        return full;
+    full.remove_prefix(start + 4);
+    return full.substr(0, full.find_first_of(";]"));
 #elif defined(_MSC_VER)
-    return __FUNCSIG__;
+    std::string_view full = __FUNCSIG__;
+    const auto start = full.find("type_name<");
+    const auto end = full.rfind(">(");
+    if (start == std::string_view::npos || end == std::string_view::npos || end <= start + 10)
+        return full;
+    return full.substr(start + 10, end - start - 10);
 #else
     return "type";
 #endif
@@ -978,12 +1007,16 @@ inline constexpr std::size_t inline_payload_size = sizeof(event) > EVENTBUS_INLI
                                                        ? sizeof(event)
                                                        : EVENTBUS_INLINE_PAYLOAD_SIZE;
 
-/// What can be published as a typed event: a movable object type other than `event` (and
-/// `args`); its type is its key.
+/// What can be published as a typed event: a movable object type; not a pointer, and not one of
+/// eventbus's own types (`event` or a type derived from it, `args`, `key`, `context`). Its type
+/// (cv and references removed) is its key.
 template <class T>
 concept typed_event =
     std::is_object_v<std::remove_cvref_t<T>> && !std::is_array_v<std::remove_cvref_t<T>> &&
-    !std::same_as<std::remove_cvref_t<T>, event> && !std::same_as<std::remove_cvref_t<T>, args> &&
+    !std::is_pointer_v<std::remove_cvref_t<T>> &&
+    !std::derived_from<std::remove_cvref_t<T>, event> &&
+    !std::same_as<std::remove_cvref_t<T>, args> && !std::same_as<std::remove_cvref_t<T>, key> &&
+    !std::same_as<std::remove_cvref_t<T>, context> &&
     std::constructible_from<std::remove_cvref_t<T>, T&&> &&
     std::is_nothrow_destructible_v<std::remove_cvref_t<T>>;
 
@@ -1088,6 +1121,10 @@ inline constexpr payload_ops ops_for{
 class envelope {
   public:
     envelope() noexcept = default;
+
+    static_assert(stored_inline<event>,
+                  "eventbus needs a nothrow-movable event (std::string, "
+                  "std::unordered_map) to store it inline");
 
     explicit envelope(event&& ev) noexcept : ops_(&ops_for<event>) {
         ::new (static_cast<void*>(storage_)) event(std::move(ev));
@@ -1346,6 +1383,16 @@ struct handler_entry {
     // wakes a waiting remover.
     std::atomic<std::uint64_t> calls{0};
     std::atomic<bool> removed{false};
+    // Live `registration` handles of this entry. It starts at 1 (the handle `on` returns) and,
+    // once 0, stays 0: then nobody can ever remove the handler, and calls skip the accounting
+    // above (two shared read-modify-writes per call).
+    std::atomic<std::uint32_t> handles{1};
+
+    [[nodiscard]] bool removable() const noexcept {
+        // Acquire: pairs with the release decrement of the last handle, so a remove() that
+        // completed through a handle is seen (`removed`) once no handle is left.
+        return handles.load(std::memory_order_acquire) != 0;
+    }
 
     static constexpr std::uint64_t removing_one = std::uint64_t{1} << 32;
     static constexpr bool settled(std::uint64_t value) noexcept {
@@ -1419,8 +1466,7 @@ using deduced_payload_t = typename payload_of_parameters<typename signature_of<F
 template <class F>
 concept args_handler = std::invocable<F&, const context&, const args&>;
 template <class F, class T>
-concept typed_handler_for =
-    !std::same_as<T, event> && !std::same_as<T, args> &&
+concept typed_handler_for = typed_event<T> && std::same_as<T, std::remove_cvref_t<T>> &&
     (std::invocable<F&, const context&, const T&> || std::invocable<F&, const T&>);
 template <class F>
 concept deducible_typed_handler = !args_handler<F> && requires {
@@ -1466,9 +1512,10 @@ class handler {
 
     /// A handler of typed events of type T (for generic callables, where T cannot be deduced).
     template <class T, class F>
-    requires detail::typed_handler_for<F, T>
+    requires detail::typed_handler_for<F, std::remove_cvref_t<T>>
     [[nodiscard]] static handler of(F fn) {
-        return handler(&detail::type_tag<T>, wrap_typed<T>(std::move(fn)));
+        using U = std::remove_cvref_t<T>;
+        return handler(&detail::type_tag<U>, wrap_typed<U>(std::move(fn)));
     }
 
     /// The type tag of T for a typed handler; nullptr for a handler of args.
@@ -1532,6 +1579,27 @@ class dispatcher;
 class registration {
   public:
     registration() noexcept = default;
+    registration(const registration& other) noexcept
+        : owner_(other.owner_), key_(other.key_), entry_(other.entry_) {
+        if (entry_)
+            entry_->handles.fetch_add(1, std::memory_order_relaxed);
+    }
+    registration(registration&& other) noexcept
+        : owner_(std::exchange(other.owner_, nullptr))
+        , key_(std::move(other.key_))
+        , entry_(std::move(other.entry_)) {}
+    registration& operator=(registration other) noexcept {
+        std::swap(owner_, other.owner_);
+        std::swap(key_, other.key_);
+        std::swap(entry_, other.entry_);
+        return *this;
+    }
+    /// Dropping the last handle does not remove the handler; it only means that nobody can
+    /// remove it any more (its calls then skip the accounting removal needs).
+    ~registration() {
+        if (entry_)
+            entry_->handles.fetch_sub(1, std::memory_order_release);
+    }
 
     /// Unregisters the handler and waits for its calls in flight on other threads (not for a
     /// call on this thread: a handler may remove itself). Idempotent. Thread-safe; allocates.
@@ -1587,7 +1655,7 @@ class dispatcher {
     /// `(const context&, const T&)` or `(const T&)`, returning result or void. Its key is
     /// `key::of<T>()`. Thread-safe; allocates.
     template <class T, class F>
-    requires detail::typed_handler_for<F, T> registration on(F fn) {
+    requires detail::typed_handler_for<F, std::remove_cvref_t<T>> registration on(F fn) {
         return on(key::of<T>(), handler::of<T>(std::move(fn)));
     }
 
@@ -1929,10 +1997,13 @@ class event_store {
     [[nodiscard]] store_metrics metrics() const noexcept {
         store_metrics m;
         m.published = ring_.accepted();
-        m.processed = processed_.load(std::memory_order_relaxed);
-        m.errors = errors_.load(std::memory_order_relaxed);
+        m.processed = processed_.load(std::memory_order_relaxed) +
+                      leased_processed_.load(std::memory_order_relaxed);
+        m.errors = errors_.load(std::memory_order_relaxed) +
+                   leased_errors_.load(std::memory_order_relaxed);
         m.dropped = ring_.dropped();
-        m.unhandled = unhandled_.load(std::memory_order_relaxed);
+        m.unhandled = unhandled_.load(std::memory_order_relaxed) +
+                      leased_unhandled_.load(std::memory_order_relaxed);
         m.scheduled = timers_->scheduled.load(std::memory_order_relaxed);
         m.cancelled = timers_->cancelled.load(std::memory_order_relaxed);
         return m;
@@ -2102,10 +2173,21 @@ class event_store {
       public:
         explicit dispatch_scope(event_store& s) noexcept
             : store_(s), frame_{&s, detail::dispatch_frames} {
-            if (!store_.options_.async)
-                store_.dispatching_.fetch_add(1, std::memory_order_seq_cst);
+            if (!store_.options_.async) {
+                // One seq_cst CAS counts this thread in and, if nobody holds it, takes the lease
+                // on the store's cached handler view (see dispatch_until).
+                std::uint64_t now = store_.dispatching_.load(std::memory_order_relaxed);
+                std::uint64_t next;
+                do {
+                    leased_ = (now & lease_bit) == 0;
+                    next = now + 1 + (leased_ ? lease_bit : 0);
+                } while (!store_.dispatching_.compare_exchange_weak(
+                    now, next, std::memory_order_seq_cst, std::memory_order_relaxed));
+            }
             detail::dispatch_frames = &frame_;
         }
+        /// Whether this thread holds the lease on the store's cached view and lease counters.
+        [[nodiscard]] bool leased() const noexcept { return leased_; }
         dispatch_scope(const dispatch_scope&) = delete;
         dispatch_scope& operator=(const dispatch_scope&) = delete;
         ~dispatch_scope() {
@@ -2115,7 +2197,9 @@ class event_store {
                 // notify: the eventcount protocol (drain re-checks seq_cst). The notifying count
                 // covers the notify: a close() that sees no one active may let the destructor
                 // run, which waits for the notifiers before freeing the store.
-                store_.dispatching_.fetch_add(notifying_one - 1, std::memory_order_seq_cst);
+                // Releasing the lease in the same RMW publishes the view and lease counters.
+                store_.dispatching_.fetch_add(notifying_one - 1 - (leased_ ? lease_bit : 0),
+                                              std::memory_order_seq_cst);
                 store_.idle_.notify_if_waiting();
                 store_.dispatching_.fetch_sub(notifying_one, std::memory_order_release);
             }
@@ -2124,6 +2208,7 @@ class event_store {
       private:
         event_store& store_;
         detail::dispatch_frame frame_;
+        bool leased_ = false;
     };
 
     template <class Rep, class Period>
@@ -2326,10 +2411,34 @@ class event_store {
     // are current (taking them per event would cost shared read-modify-writes), and drops them
     // before it sleeps so that old copies can be freed.
     struct handler_view {
+        using handler_list = dispatcher::table::mapped_type;
+
         std::shared_ptr<const dispatcher::table> table;
         std::shared_ptr<const hook_set> hooks;
         std::uint64_t table_version = 0;
         std::uint64_t hooks_version = 0;
+        // The handlers of the last typed event's type (nullptr: none): a run of events of one
+        // type skips the hash lookup.
+        const void* last_type = nullptr;
+        const handler_list* last_handlers = nullptr;
+        // Whether every handler in `table` is permanent (no registration handle left, so it can
+        // never be removed): only then may the copy be kept while idle, since keeping it can
+        // then never prolong the life of a removed handler.
+        bool permanent = false;
+
+        [[nodiscard]] const handler_list* handlers_of(const detail::envelope& env) noexcept {
+            const void* type = env.type();
+            if (type != nullptr && type == last_type)
+                return last_handlers;
+            const auto found = table->find(env.projection());
+            const handler_list* list =
+                found == table->end() || found->second.empty() ? nullptr : &found->second;
+            if (type != nullptr) {
+                last_type = type;
+                last_handlers = list;
+            }
+            return list;
+        }
 
         // The event was made eligible by a publish() that every registration before it
         // happened-before (publish's seq_cst CAS, our seq_cst load of eligible_), so reading
@@ -2339,6 +2448,11 @@ class event_store {
             if (const auto v = handlers.version(); !table || v != table_version) {
                 table_version = v;
                 table = handlers.handlers();
+                last_type = nullptr;
+                permanent = std::ranges::all_of(*table, [](const auto& by_key) {
+                    return std::ranges::none_of(by_key.second,
+                                                [](const auto& e) { return e->removable(); });
+                });
             }
             if (const auto v = h.version(); !hooks || v != hooks_version) {
                 hooks_version = v;
@@ -2348,6 +2462,7 @@ class event_store {
         void release() noexcept {
             table.reset();
             hooks.reset();
+            last_type = nullptr;
         }
     };
 
@@ -2383,7 +2498,7 @@ class event_store {
             do {
                 view.refresh(*dispatcher_, hooks_);
                 batch_counts counts;
-                dispatch(*ev, *view.table, *view.hooks, counts);
+                dispatch(*ev, view, counts);
                 add(counts);
                 ev.reset();  // the event's args die before drain() can see it finished
                 if (lane != nullptr)
@@ -2423,7 +2538,19 @@ class event_store {
         join_timers();
     }
 
-    void add(const batch_counts& counts) noexcept {
+    void add(const batch_counts& counts, bool leased = false) noexcept {
+        if (leased) {
+            // Only the lease holder writes these: a load and a store, no shared RMW.
+            const auto bump = [](std::atomic<std::uint64_t>& counter, std::uint64_t n) {
+                if (n)
+                    counter.store(counter.load(std::memory_order_relaxed) + n,
+                                  std::memory_order_relaxed);
+            };
+            bump(leased_processed_, counts.processed);
+            bump(leased_errors_, counts.errors);
+            bump(leased_unhandled_, counts.unhandled);
+            return;
+        }
         if (counts.processed)
             processed_.fetch_add(counts.processed, std::memory_order_relaxed);
         if (counts.errors)
@@ -2434,35 +2561,28 @@ class event_store {
 
     void dispatch_until(std::optional<std::uint64_t> mark) {
         dispatch_scope scope(*this);
-        // One publishing thread at a time uses the store's cached copies of the table and the
-        // hooks (re-read only when their version changed); the others, and nested publishes,
-        // read their own copies, which costs a few shared read-modify-writes.
-        struct view_lease {
-            std::atomic<bool>& busy;
-            const bool owned = !busy.exchange(true, std::memory_order_acquire);
-            ~view_lease() {
-                if (owned)
-                    busy.store(false, std::memory_order_release);
-            }
-        } lease{view_busy_};
+        // One publishing thread at a time (the lease holder) uses the store's cached copies of
+        // the table and the hooks, re-read only when their version changed, and its own
+        // counters; the others, and nested publishes, read their own copies, which costs a few
+        // shared read-modify-writes.
         handler_view own;
-        handler_view& view = lease.owned ? view_ : own;
+        handler_view& view = scope.leased() ? view_ : own;
         view.refresh(*dispatcher_, hooks_);
         batch_counts counts;
-        for (;;) {
-            std::optional<detail::envelope> ev =
-                mark ? ring_.try_pop_before(*mark) : ring_.try_pop();
-            if (!ev)
-                break;
-            dispatch(*ev, *view.table, *view.hooks, counts);
+        detail::envelope ev;  // reused: each popped event is moved into it
+        while (mark ? ring_.try_pop_before(*mark, ev) : ring_.try_pop(ev)) {
+            dispatch(ev, view, counts);
+            ev = detail::envelope();  // the event dies here, before the next one is taken
         }
-        add(counts);
+        add(counts, scope.leased());
+        if (scope.leased() && !view.permanent)
+            view.release();  // it may hold removable handlers: keep nothing while idle
     }
 
-    void dispatch(detail::envelope& env, const dispatcher::table& table, const hook_set& hooks,
-                  batch_counts& counts) {
-        const auto found = table.find(env.projection());
-        if (found == table.end() || found->second.empty()) {
+    void dispatch(detail::envelope& env, handler_view& view, batch_counts& counts) {
+        const hook_set& hooks = *view.hooks;
+        const typename handler_view::handler_list* handlers = view.handlers_of(env);
+        if (handlers == nullptr) {
             ++counts.unhandled;
             env.complete(false);
             return;
@@ -2470,16 +2590,16 @@ class event_store {
         const std::uint64_t errors_before = counts.errors;
         if (env.type() == nullptr) {
             const auto* ev = static_cast<const event*>(env.payload());
-            for (const auto& target : found->second)
+            for (const auto& target : *handlers)
                 call_one(*target, env, ev, hooks, counts);
         } else if (hooks.empty()) {
-            for (const auto& target : found->second)
+            for (const auto& target : *handlers)
                 call_one(*target, env, nullptr, hooks, counts);
         } else {
             // Hooks and middleware see a stand-in for a typed event, with its key only (it
             // allocates nothing).
             const event stand_in{.id = {}, .projection = env.projection(), .args = {}};
-            for (const auto& target : found->second)
+            for (const auto& target : *handlers)
                 call_one(*target, env, &stand_in, hooks, counts);
         }
         env.complete(counts.errors != errors_before);
@@ -2487,6 +2607,12 @@ class event_store {
 
     void call_one(detail::handler_entry& target, const detail::envelope& env, const event* ev,
                   const hook_set& hooks, batch_counts& counts) {
+        if (!target.removable()) {
+            // No handle left: nobody can remove it now or later, so no accounting is needed.
+            if (!target.removed.load(std::memory_order_relaxed))
+                run_one(target, env, ev, hooks, counts);
+            return;
+        }
         // Seq_cst: pairs with dispatcher::remove (set `removed`, then read the count).
         target.calls.fetch_add(1, std::memory_order_seq_cst);
         struct release_call {
@@ -2506,7 +2632,12 @@ class event_store {
             const detail::active_call* outer;
             ~pop_frame() { detail::active_calls = outer; }
         } restore{frame.outer};
+        run_one(target, env, ev, hooks, counts);
+    }
 
+    // One handler call with its hooks; exceptions are counted and reported, never thrown.
+    void run_one(const detail::handler_entry& target, const detail::envelope& env, const event* ev,
+                 const hook_set& hooks, batch_counts& counts) {
         result outcome;
         std::exception_ptr error;
         try {
@@ -2550,12 +2681,12 @@ class event_store {
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> errors_{0};
     std::atomic<std::uint64_t> unhandled_{0};
-    // Sync: threads inside a dispatch. Async: events taken (or being taken) and not finished.
-    // Sync: low 32 bits, threads inside a dispatch; high 32 bits, threads leaving one that are
-    // still notifying.
+    // Sync: low 31 bits, threads inside a dispatch; bit 31, the lease on view_ and the leased
+    // counters; high 32 bits, threads leaving a dispatch that are still notifying.
     alignas(cache_line_size) std::atomic<std::uint64_t> dispatching_{0};
     static constexpr std::uint64_t notifying_one = std::uint64_t{1} << 32;
-    static constexpr std::uint64_t active_mask = notifying_one - 1;
+    static constexpr std::uint64_t lease_bit = std::uint64_t{1} << 31;
+    static constexpr std::uint64_t active_mask = lease_bit - 1;
     // Async: per worker, a lower bound of the position it is taking or handling.
     struct alignas(cache_line_size) taking_slot {
         std::atomic<std::uint64_t> position{no_position};
@@ -2573,9 +2704,12 @@ class event_store {
     std::shared_ptr<detail::timer_queue> timers_ = std::make_shared<detail::timer_queue>();
     std::thread timer_thread_;  // started by the first schedule(), joined by the destructor
     std::atomic<bool> timer_running_{false};
-    // Sync: the copies of the table and hooks kept between publishes, and who is using them.
-    alignas(cache_line_size) std::atomic<bool> view_busy_{false};
-    handler_view view_;
+    // Sync: the lease holder's copies of the table and hooks, kept between publishes, and its
+    // counters (added to the shared ones by metrics()).
+    alignas(cache_line_size) handler_view view_;
+    std::atomic<std::uint64_t> leased_processed_{0};
+    std::atomic<std::uint64_t> leased_errors_{0};
+    std::atomic<std::uint64_t> leased_unhandled_{0};
 };
 
 }  // namespace v0
