@@ -334,3 +334,49 @@ TEST_CASE("a sync store keeps no removed handler alive once its handles are gone
     store.publish();
     CHECK(store.metrics().processed == 2);
 }
+
+TEST_CASE("remove() waits for a call in flight even while that call removes its own handler",
+          "[dispatcher][stress]") {
+    // The exemption that lets two self-removing calls not wait for each other must not let a
+    // third remover (here the owner, outside any call) return while such a call still runs.
+    dispatcher handlers;
+    event_store<> store(handlers, 64);
+    std::atomic<bool> stop{false};
+    std::jthread publisher([&] {
+        while (!stop) {
+            (void)store.subscribe({}, make("e"));
+            store.publish();
+        }
+    });
+    const std::size_t rounds = eventbus_test::scaled(3000, 100);
+    std::size_t returned_early = 0;
+    for (std::size_t round = 0; round < rounds; ++round) {
+        struct state {
+            eventbus::registration reg;
+            std::atomic<bool> started{false};
+            std::atomic<bool> in_call{false};
+        } st;
+        std::atomic<bool> armed{false};
+        st.reg = handlers.on("e", [&](const context&, const args&) {
+            while (!armed)
+                std::this_thread::yield();
+            st.in_call = true;
+            st.started = true;
+            st.reg.remove();  // removes itself, then keeps running a little
+            const auto until = std::chrono::steady_clock::now() + 20us;
+            while (std::chrono::steady_clock::now() < until) {
+            }
+            st.in_call = false;
+        });
+        armed = true;
+        while (!st.started)
+            std::this_thread::yield();
+        st.reg.remove();
+        if (st.in_call)
+            ++returned_early;
+        while (st.in_call)  // keep the test itself memory-safe either way
+            std::this_thread::yield();
+    }
+    stop = true;
+    CHECK(returned_early == 0);
+}

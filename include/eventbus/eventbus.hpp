@@ -1667,8 +1667,11 @@ class dispatcher {
   private:
     friend class registration;
 
-    void remove(const key& projection, const std::shared_ptr<detail::handler_entry>& target) {
+    void remove(const key& projection, const std::shared_ptr<detail::handler_entry>& handle) {
         using entry_type = detail::handler_entry;
+        // Our own reference: `handle` lives in a registration that another thread may free as
+        // soon as its own remove() has returned.
+        const std::shared_ptr<detail::handler_entry> target = handle;
         if (!target->removed.load(std::memory_order_acquire)) {
             table_.update([&](table& t) {
                 auto found = t.find(projection);
@@ -1693,8 +1696,14 @@ class dispatcher {
             target->calls.fetch_add(own, std::memory_order_seq_cst);
             target->calls.notify_all();
         }
-        for (std::uint64_t now;
-             !entry_type::settled(now = target->calls.load(std::memory_order_seq_cst));)
+        // A remover inside a call of this handler waits for the calls of others, except those
+        // whose thread is inside remove() of it too (two such removers would wait for each other
+        // forever). Any other remover waits for every call in flight.
+        const auto done = [own](std::uint64_t now) noexcept {
+            return own != 0 ? entry_type::settled(now)
+                            : (now & (entry_type::removing_one - 1)) == 0;
+        };
+        for (std::uint64_t now; !done(now = target->calls.load(std::memory_order_seq_cst));)
             target->calls.wait(now, std::memory_order_seq_cst);
         if (own != 0)
             target->calls.fetch_sub(own, std::memory_order_seq_cst);
@@ -2642,9 +2651,9 @@ class event_store {
         std::exception_ptr error;
         try {
             if (hooks.empty()) {
-                // The hot path: straight to the handler.
-                outcome = target.call(handler_ctx_, env.type(),
-                                      env.type() != nullptr ? env.payload() : &ev->args);
+                // The hot path: straight to the handler; no after hook wants the result.
+                (void)target.call(handler_ctx_, env.type(),
+                                  env.type() != nullptr ? env.payload() : &ev->args);
             } else {
                 for (const auto& hook : hooks.before)
                     hook(handler_ctx_, *ev);
