@@ -460,6 +460,21 @@ struct mpmc_outcome {
     long failures = 0;
 };
 
+// Pops with pop(ctx), sleeping when empty, until the ring is closed and drained; any other
+// error counts as a failure.
+template <class Ring, class Counter>
+void pop_until_closed(Ring& ring, std::vector<std::uint64_t>& got, Counter& failures) {
+    for (;;) {
+        auto popped = ring.pop(context{});
+        if (!popped) {
+            if (popped.error != errc::closed)
+                ++failures;
+            return;
+        }
+        got.push_back(*popped.value);
+    }
+}
+
 // P producers push tagged values (producer << 40 | sequence); the last one to finish closes the
 // ring; C consumers pop until the ring is closed and drained. Even consumers sleep in pop(ctx),
 // odd ones spin on try_pop, so both consumer paths race.
@@ -477,15 +492,8 @@ mpmc_outcome run_mpmc(std::size_t producers, std::size_t consumers, std::size_t 
             threads.emplace_back([&, c] {
                 auto& got = out.per_consumer[c];
                 if (c % 2 == 0) {
-                    for (;;) {
-                        auto popped = ring.pop(context{});
-                        if (!popped) {
-                            if (popped.error != errc::closed)
-                                ++failures;
-                            return;
-                        }
-                        got.push_back(*popped.value);
-                    }
+                    pop_until_closed(ring, got, failures);
+                    return;
                 }
                 for (;;) {
                     if (auto value = ring.try_pop()) {
@@ -814,17 +822,7 @@ void check_runs_contiguous(std::size_t capacity, std::size_t max_run) {
     std::vector<std::uint64_t> got;
     {
         std::vector<std::jthread> threads;
-        threads.emplace_back([&] {
-            for (;;) {
-                auto popped = ring.pop(context{});
-                if (!popped) {
-                    if (popped.error != errc::closed)
-                        ++failures;
-                    return;
-                }
-                got.push_back(*popped.value);
-            }
-        });
+        threads.emplace_back([&] { pop_until_closed(ring, got, failures); });
         for (std::size_t p = 0; p < producers; ++p) {
             threads.emplace_back([&, p] {
                 std::uint64_t next = 0;
