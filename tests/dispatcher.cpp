@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -203,13 +204,23 @@ TEST_CASE("a 'once' handler run by two publishers may remove itself from both", 
         once.remove();  // both threads, same registration, same moment: no deadlock
     });
     event_store<> store(handlers, 8);
-    REQUIRE_FALSE(store.subscribe({}, make("k")));
-    REQUIRE_FALSE(store.subscribe({}, make("k")));
+    std::atomic<int> subscribe_failures{0};
     {
-        std::jthread a([&] { store.publish(); });
-        std::jthread b([&] { store.publish(); });
+        // One event each: a publisher claims what was enqueued before it, so the second event
+        // is enqueued once the first publisher is inside the handler.
+        std::jthread a([&] {
+            subscribe_failures += store.subscribe({}, make("k")) ? 1 : 0;
+            store.publish();
+        });
+        std::jthread b([&] {
+            while (inside < 1)
+                std::this_thread::yield();
+            subscribe_failures += store.subscribe({}, make("k")) ? 1 : 0;
+            store.publish();
+        });
     }
     store.publish();
+    CHECK(subscribe_failures == 0);
     CHECK(calls == 2);
     CHECK_FALSE(once);
     REQUIRE_FALSE(store.subscribe({}, make("k")));
@@ -379,4 +390,84 @@ TEST_CASE("remove() waits for a call in flight even while that call removes its 
     }
     stop = true;
     CHECK(returned_early == 0);
+}
+
+TEST_CASE("async: registering and removing while two workers call handlers",
+          "[dispatcher][stress]") {
+    // Removal waits for the calls in flight on the workers without counting every call: after
+    // remove() returns, the removed handler never runs again, and the stable one sees every
+    // event exactly once.
+    dispatcher handlers;
+    std::atomic<long> stable_calls{0};
+    (void)handlers.on("k", [&](const context&, const args&) { stable_calls.fetch_add(1); });
+    event_store<eventbus::block> store(handlers, 256,
+                                       eventbus::store_options{.async = true, .workers = 2});
+    const long events = static_cast<long>(eventbus_test::scaled(100000, 2000));
+    std::atomic<bool> done{false};
+    std::atomic<long> calls_after_remove{0};
+    std::atomic<long> removals{0};
+    {
+        std::vector<std::jthread> churn;
+        for (int c = 0; c < 2; ++c) {
+            churn.emplace_back([&] {
+                while (!done) {
+                    auto gone = std::make_shared<std::atomic<bool>>(false);
+                    auto reg =
+                        handlers.on("k", [gone, &calls_after_remove](const context&, const args&) {
+                            if (gone->load())
+                                calls_after_remove.fetch_add(1);
+                        });
+                    std::this_thread::yield();
+                    reg.remove();
+                    gone->store(true);  // after remove() returns, it must never run again
+                    removals.fetch_add(1);
+                }
+            });
+        }
+        for (long i = 0; i < events; ++i) {
+            REQUIRE_FALSE(store.subscribe({}, make("k")));
+            if (i % 16 == 0)
+                store.publish();
+        }
+        store.publish();
+        REQUIRE_FALSE(store.drain({}));
+        done = true;
+    }
+    CHECK(removals > 0);
+    CHECK(calls_after_remove == 0);
+    CHECK(stable_calls == events);
+    CHECK(store.metrics().processed >= static_cast<std::uint64_t>(events));
+}
+
+TEST_CASE("a 'once' handler on each of two workers removes itself without waiting for the other",
+          "[dispatcher]") {
+    // Each call is of a different handler, each removing itself while the other worker is
+    // inside its own: removal waits for calls of the handler removed, not for whole batches.
+    dispatcher handlers;
+    std::atomic<int> inside{0};
+    std::atomic<int> calls{0};
+    eventbus::registration first;
+    eventbus::registration second;
+    const auto once = [&](eventbus::registration& self) {
+        return [&](const context&, const args&) {
+            calls.fetch_add(1);
+            inside.fetch_add(1);
+            const auto give_up = std::chrono::steady_clock::now() + 2s;
+            while (inside < 2 && std::chrono::steady_clock::now() < give_up)
+                std::this_thread::yield();
+            self.remove();
+        };
+    };
+    first = handlers.on("a", once(first));
+    second = handlers.on("b", once(second));
+    event_store<> store(handlers, 8, eventbus::store_options{.async = true, .workers = 2});
+    REQUIRE_FALSE(store.subscribe({}, make("a")));
+    store.publish();
+    REQUIRE_FALSE(store.subscribe({}, make("b")));
+    store.publish();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK(calls == 2);
+    CHECK(inside == 2);
+    CHECK_FALSE(first);
+    CHECK_FALSE(second);
 }

@@ -200,14 +200,20 @@ TEST_CASE("block commit waits for room for the whole run, or for its context", "
 
 TEST_CASE("async commit waits for its own events only, not for the whole store", "[tx][async]") {
     std::latch release_slow(1);
+    std::latch slow_started(1);
     std::atomic<int> fast{0};
     dispatcher handlers{
-        {"slow", [&](const context&, const args&) { release_slow.wait(); }},
+        {"slow",
+         [&](const context&, const args&) {
+             slow_started.count_down();
+             release_slow.wait();
+         }},
         {"fast", [&](const context&, const args&) { ++fast; }},
     };
     event_store store(handlers, 16, store_options{.async = true, .workers = 2});
     REQUIRE_FALSE(store.subscribe(context{}, numbered("slow", 0)));
     store.publish();
+    slow_started.wait();  // a worker has claimed it: the transaction is not in its batch
     auto tx = store.begin_transaction();
     REQUIRE_FALSE(tx.publish(numbered("fast", 1)));
     REQUIRE_FALSE(tx.publish(numbered("fast", 2)));

@@ -59,7 +59,9 @@ static_assert(!eventbus::detail::stored_inline<big_payload>);
 static_assert(!eventbus::detail::stored_inline<throwing_move>);
 static_assert(eventbus::typed_event<house_was_sold>);
 static_assert(!eventbus::typed_event<event>);
-static_assert(eventbus::inline_payload_size >= 64);
+static_assert(eventbus::inline_payload_size == 48);
+// With the ring's sequence number, a slot of a store is one 64-byte line.
+static_assert(sizeof(eventbus::detail::envelope) + sizeof(std::uint64_t) == 64);
 // Pointers and eventbus's own types are not typed events (a pointer would silently go nowhere).
 struct derived_event : event {};
 static_assert(!eventbus::typed_event<derived_event>);

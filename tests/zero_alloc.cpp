@@ -157,3 +157,24 @@ TEST_CASE("async: 10^5 typed subscribe + publish cycles allocate nothing", "[all
     CHECK(failures == 0);
     CHECK(total.load() == 101000);
 }
+
+TEST_CASE("a sync store allocates its slots and its stop state; async adds its workers only",
+          "[alloc]") {
+    eventbus::dispatcher handlers;
+    (void)handlers.on<house_was_sold>([](const house_was_sold&) {});
+    {
+        const std::uint64_t before = allocations.load();
+        eventbus::event_store store(handlers, 1024);
+        // The slots and the stop state of the handlers' context (std::stop_source allocates
+        // it); no thread, no timer, no ordered_by_key stripes.
+        CHECK(allocations.load() - before == 2);
+    }
+    {
+        const std::uint64_t before = allocations.load();
+        eventbus::event_store store(handlers, 1024,
+                                    eventbus::store_options{.async = true, .workers = 2});
+        // As above, plus the pool, its per-worker state, its thread list and the two threads
+        // (each std::thread allocates its start state).
+        CHECK(allocations.load() - before == 7);
+    }
+}

@@ -25,6 +25,9 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -51,6 +54,10 @@
 #if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
 #include <intrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace eventbus {
 inline namespace v0 {
@@ -76,7 +83,7 @@ static_assert(std::has_single_bit(cache_line_size), "cache_line_size must be a p
 
 // Must be the same in every translation unit of a program (it shapes the store's slots).
 #if !defined(EVENTBUS_INLINE_PAYLOAD_SIZE)
-#define EVENTBUS_INLINE_PAYLOAD_SIZE 64
+#define EVENTBUS_INLINE_PAYLOAD_SIZE 48
 #endif
 
 // errors //////////////////////////////////////////////////////////////////////////////////////////
@@ -93,6 +100,7 @@ enum class errc {
     exceeds_capacity,   ///< more elements at once than the ring can ever hold (transactions)
     finished,           ///< the transaction was committed or rolled back already
     dropped,            ///< drop_oldest overwrote the event before it was handled (transactions)
+    not_supported,      ///< not available with the store's options
 };
 
 namespace detail {
@@ -121,6 +129,8 @@ class error_category_impl final : public std::error_category {
                 return "transaction already committed or rolled back";
             case errc::dropped:
                 return "event overwritten by drop_oldest before it was handled";
+            case errc::not_supported:
+                return "not supported with this store's options";
         }
         return "unknown eventbus error " + std::to_string(value);
     }
@@ -136,6 +146,8 @@ class error_category_impl final : public std::error_category {
                 return std::errc::timed_out;
             case errc::exceeds_capacity:
                 return std::errc::message_size;
+            case errc::not_supported:
+                return std::errc::operation_not_supported;
             default:
                 return {value, *this};
         }
@@ -269,6 +281,56 @@ class backoff {
     unsigned step_ = 0;
 };
 
+// Asymmetric fences: a pair of them orders like two seq_cst fences, but the side that runs
+// often (a single producer's push) pays only a compiler barrier, and the side that runs rarely
+// (a consumer about to sleep) pays a membarrier(2) system call, which makes every running thread
+// of the process execute a full barrier. Where membarrier is unavailable both sides are
+// seq_cst fences.
+#if defined(__linux__) && defined(SYS_membarrier)
+inline constexpr int membarrier_private_expedited = 1 << 3;
+inline constexpr int membarrier_register_private_expedited = 1 << 4;
+inline std::atomic<bool> membarrier_active{false};
+
+/// Registers the process for expedited membarrier once; true if it can be used.
+inline bool membarrier_ready() noexcept {
+    static const bool ready = [] {
+        const bool ok = ::syscall(SYS_membarrier, membarrier_register_private_expedited, 0) == 0;
+        membarrier_active.store(ok, std::memory_order_seq_cst);
+        return ok;
+    }();
+    return ready;
+}
+inline void asymmetric_fence_light() noexcept {
+    if (membarrier_active.load(std::memory_order_relaxed))
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+    else
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+inline void asymmetric_fence_heavy() noexcept {
+    if (!membarrier_ready() || ::syscall(SYS_membarrier, membarrier_private_expedited, 0) != 0)
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+#else
+inline bool membarrier_ready() noexcept {
+    return false;
+}
+inline void asymmetric_fence_light() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+inline void asymmetric_fence_heavy() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+#endif
+
+/// A broken promise that eventbus can only detect, not survive (two threads in a
+/// single-producer ring at once): says so on stderr and aborts.
+[[noreturn]] inline void report_misuse(const char* what) noexcept {
+    std::fputs("eventbus: misuse: ", stderr);
+    std::fputs(what, stderr);
+    std::fputs("\n", stderr);
+    std::abort();
+}
+
 /// An eventcount: lets a thread sleep until a condition that other threads make true lock-free
 /// (a slot freed, an element published), with a deadline and a stop_token, and with no lost
 /// wake-ups. The notifying side costs one load while nobody sleeps; the mutex is touched only
@@ -324,6 +386,21 @@ class event_count {
         cv_.notify_all();
     }
 
+    /// Like notify_if_waiting, but wakes one sleeper rather than all (waiters that have not
+    /// gone to sleep yet see the new epoch and return too, so nobody misses it).
+    void notify_one_if_waiting() noexcept {
+        if (waiters_.load(std::memory_order_seq_cst) != 0) {
+            epoch_.fetch_add(1, std::memory_order_seq_cst);
+            { std::lock_guard lock(mutex_); }
+            cv_.notify_one();
+        }
+    }
+
+    /// Threads between prepare_wait and finish_wait (a hint: stale as soon as it returns).
+    [[nodiscard]] bool has_waiters() const noexcept {
+        return waiters_.load(std::memory_order_seq_cst) != 0;
+    }
+
   private:
     std::atomic<std::uint32_t> waiters_{0};
     std::atomic<std::uint32_t> epoch_{0};
@@ -336,8 +413,11 @@ enum class attempt { ok, busy, closed };
 
 /// Retries `try_once` (-> attempt) until it succeeds, the ring closes or `ctx` ends: spins briefly,
 /// then sleeps on `ec` until the other side changes something.
+/// `heavy_fence`: the notifier makes the condition true without a seq_cst read-modify-write and
+/// pairs with us through an asymmetric fence instead (a single producer's push).
 template <class TryOnce>
-std::error_code retry_or_wait(event_count& ec, const context& ctx, TryOnce&& try_once) {
+std::error_code retry_or_wait(event_count& ec, const context& ctx, TryOnce&& try_once,
+                              bool heavy_fence = false) {
     backoff wait;
     for (;;) {
         attempt result = try_once();
@@ -345,6 +425,8 @@ std::error_code retry_or_wait(event_count& ec, const context& ctx, TryOnce&& try
             if (auto error = ctx.err())
                 return error;
             const std::uint32_t key = ec.prepare_wait();
+            if (heavy_fence)
+                asymmetric_fence_heavy();
             result = try_once();
             if (result == attempt::busy) {
                 const std::error_code error = ec.wait(key, ctx);
@@ -373,6 +455,16 @@ struct initial_position {
 };
 
 }  // namespace detail
+
+/// Checks, in builds without NDEBUG, that a single-producer ring or store is never entered by
+/// two producing threads at once (one shared read-modify-write per push, debug builds only).
+#if !defined(EVENTBUS_CHECK_SINGLE_PRODUCER)
+#if defined(NDEBUG)
+#define EVENTBUS_CHECK_SINGLE_PRODUCER 0
+#else
+#define EVENTBUS_CHECK_SINGLE_PRODUCER 1
+#endif
+#endif
 
 // ring buffer /////////////////////////////////////////////////////////////////////////////////////
 
@@ -403,6 +495,15 @@ struct pop_result {
     explicit operator bool() const noexcept { return value.has_value(); }
 };
 
+/// Construction options of a ring_buffer.
+struct ring_options {
+    /// The caller promises that one thread at a time pushes and closes (a single producer);
+    /// pushes then claim their position with a plain store instead of a compare-and-swap. Any
+    /// number of consumers. Builds without NDEBUG abort with a message when two threads push at
+    /// once (see EVENTBUS_CHECK_SINGLE_PRODUCER).
+    bool single_producer = false;
+};
+
 /// A bounded, multi-producer multi-consumer, lock-free ring of `T` with a fixed power-of-two
 /// capacity and a policy for pushes into a full ring.
 ///
@@ -420,14 +521,17 @@ class ring_buffer {
 
     /// Throws `std::invalid_argument` (naming the value) when `capacity` is 0, not a power of
     /// two, or too large to allocate. Allocates all slots once; nothing allocates afterwards.
-    explicit ring_buffer(std::size_t capacity)
-        : ring_buffer(capacity, detail::initial_position{}) {}
+    explicit ring_buffer(std::size_t capacity, ring_options options = {})
+        : ring_buffer(capacity, detail::initial_position{}, options) {}
 
     /// As above, starting at a given (even) position. For tests of the 64-bit wrap-around.
-    ring_buffer(std::size_t capacity, detail::initial_position start)
+    ring_buffer(std::size_t capacity, detail::initial_position start, ring_options options = {})
         : capacity_(checked_capacity(capacity))
         , lap_(std::uint64_t{2} * capacity_)
-        , remap_shift_(remap_shift_for(capacity_)) {
+        , remap_shift_(remap_shift_for(capacity_))
+        , single_producer_(options.single_producer) {
+        if (single_producer_)
+            (void)detail::membarrier_ready();  // register once, before any push relies on it
         if (start.value & closed_mark)
             throw std::invalid_argument("eventbus: odd start position");
         slots_ = static_cast<slot*>(::operator new(capacity_ * sizeof(slot), slot_alignment));
@@ -568,8 +672,9 @@ class ring_buffer {
     /// and drained. Thread-safe; no allocation; takes a mutex only to sleep.
     [[nodiscard]] pop_result<T> pop(const context& ctx) {
         pop_result<T> result;
-        result.error = detail::retry_or_wait(not_empty_, ctx,
-                                             [&]() noexcept { return try_pop_once(result.value); });
+        result.error = detail::retry_or_wait(
+            not_empty_, ctx, [&]() noexcept { return try_pop_once(result.value); },
+            single_producer_);
         return result;
     }
 
@@ -577,7 +682,10 @@ class ring_buffer {
 
     /// Refuses every later push with `errc::closed` and wakes all waiters. Pops go on until the
     /// ring is empty. Idempotent. Thread-safe, lock-free.
+    /// With `single_producer`, close() counts as a push: it must not run while another thread
+    /// pushes.
     void close() noexcept {
+        [[maybe_unused]] const producer_check check(*this);
         // seq_cst RMW on the word every push CASes: a push either completed before this or fails.
         indices_.tail.fetch_or(closed_mark, std::memory_order_seq_cst);
         not_full_.notify_all();
@@ -641,6 +749,70 @@ class ring_buffer {
         return dropped_.value.load(std::memory_order_relaxed);
     }
 
+    [[nodiscard]] bool single_producer() const noexcept { return single_producer_; }
+
+    /// Elements between two marks (`mark()`, `consumed_mark()`): 0 unless `to` is after `from`.
+    [[nodiscard]] static std::uint64_t distance(std::uint64_t from, std::uint64_t to) noexcept {
+        const auto d = static_cast<std::int64_t>(to - from);
+        return d > 0 ? static_cast<std::uint64_t>(d) / step : 0;
+    }
+
+    /// Takes up to `max` elements, oldest first, of positions before `limit` (a `mark()`), with
+    /// one claim for all of them (one compare-and-swap on head), and hands each to
+    /// `sink(T&&)` in order; the slots are free again once `sink` has returned for all of them.
+    /// Returns how many were taken: 0 when nothing before `limit` is ready. `sink` must not
+    /// throw. Lock-free, no allocation, thread-safe.
+    template <class Sink>
+    std::size_t try_pop_batch(std::uint64_t limit, std::size_t max, Sink&& sink) noexcept {
+        detail::backoff wait;
+        std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
+        for (;;) {
+            const auto room = static_cast<std::int64_t>(limit - head);
+            if (room <= 0)
+                return 0;
+            const std::uint64_t most =
+                std::min<std::uint64_t>(static_cast<std::uint64_t>(room) / step, max);
+            // Acquire: each element counted here is fully constructed (the producer released
+            // its sequence). A slot seen published stays so until its position is claimed,
+            // which would move head and fail our CAS.
+            std::uint64_t ready = 0;
+            while (ready < most &&
+                   slot_at(head + ready * step).seq.load(std::memory_order_acquire) ==
+                       head + ready * step + 1)
+                ++ready;
+            if (ready == 0) {
+                const std::uint64_t seq = slot_at(head).seq.load(std::memory_order_acquire);
+                if (seq == head) {
+                    // Seq_cst, as in try_pop_once: a push that has claimed `head` is seen.
+                    const std::uint64_t tail = indices_.tail.load(std::memory_order_seq_cst);
+                    if ((tail & ~closed_mark) == head)
+                        return 0;
+                }
+                wait.snooze();  // a push is publishing, or another consumer took `head`
+                head = indices_.head.load(std::memory_order_relaxed);
+                continue;
+            }
+            if (indices_.head.compare_exchange_weak(head, head + ready * step,
+                                                    std::memory_order_seq_cst,
+                                                    std::memory_order_relaxed)) {
+                for (std::uint64_t i = 0; i < ready; ++i) {
+                    const std::uint64_t position = head + i * step;
+                    slot& s = slot_at(position);
+                    T* element = s.element();
+                    sink(std::move(*element));
+                    element->~T();
+                    // Release: our move and destruction happen before the next producer's
+                    // construction in this slot.
+                    s.seq.store(position + lap_, std::memory_order_release);
+                }
+                if constexpr (std::same_as<Policy, block>)
+                    not_full_.notify_if_waiting();
+                return static_cast<std::size_t>(ready);
+            }
+            wait.spin();
+        }
+    }
+
   private:
     static constexpr std::uint64_t step = 2;
     static constexpr std::uint64_t closed_mark = 1;
@@ -701,9 +873,100 @@ class ring_buffer {
         return slots_[index];
     }
 
+    // Debug builds: a single-producer ring entered by two threads at once is reported.
+    struct producer_check {
+#if EVENTBUS_CHECK_SINGLE_PRODUCER
+        explicit producer_check(ring_buffer& r) noexcept : ring(r) {
+            if (ring.single_producer_ &&
+                ring.producers_inside_.fetch_add(1, std::memory_order_acq_rel) != 0)
+                detail::report_misuse(
+                    "two threads pushed into (or closed) a single_producer ring or store at once");
+        }
+        ~producer_check() {
+            if (ring.single_producer_)
+                ring.producers_inside_.fetch_sub(1, std::memory_order_acq_rel);
+        }
+        producer_check(const producer_check&) = delete;
+        producer_check& operator=(const producer_check&) = delete;
+        ring_buffer& ring;
+#else
+        explicit producer_check(ring_buffer&) noexcept {}
+#endif
+    };
+
+    // Single producer: publishes a new tail (no other thread writes it, close() excepted, which
+    // the producer promised not to run concurrently), then wakes a consumer sleeping in pop().
+    void publish_tail(std::uint64_t next) noexcept {
+        // Release: the elements before `next` are published before consumers see the tail.
+        indices_.tail.store(next, std::memory_order_release);
+        // Pairs with the heavy fence of a consumer going to sleep (retry_or_wait).
+        detail::asymmetric_fence_light();
+        not_empty_.notify_if_waiting();
+    }
+
+    template <class... Args>
+    detail::attempt try_push_single(Args&&... args) noexcept {
+        [[maybe_unused]] const producer_check check(*this);
+        const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
+        if (tail & closed_mark)
+            return detail::attempt::closed;
+        slot& s = slot_at(tail);
+        detail::backoff wait;
+        for (;;) {
+            // Acquire: as in try_push_once, the consumer is done with the storage.
+            const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+            if (seq == tail) {
+                ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+                s.seq.store(tail + 1, std::memory_order_release);
+                publish_tail(tail + step);
+                return detail::attempt::ok;
+            }
+            if constexpr (std::same_as<Policy, drop_oldest>) {
+                replace_oldest(s, tail, std::forward<Args>(args)...);
+                publish_tail(tail + step);
+                return detail::attempt::ok;
+            } else {
+                // Seq_cst: a pop that has begun is seen ("full" is never reported falsely).
+                if (indices_.head.load(std::memory_order_seq_cst) + lap_ == tail)
+                    return detail::attempt::busy;
+                wait.snooze();  // a pop is freeing the slot
+            }
+        }
+    }
+
+    detail::attempt try_push_n_single(std::span<T> values) noexcept {
+        [[maybe_unused]] const producer_check check(*this);
+        const std::uint64_t run = std::uint64_t{values.size()} * step;
+        const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
+        if (tail & closed_mark)
+            return detail::attempt::closed;
+        if constexpr (!std::same_as<Policy, drop_oldest>) {
+            detail::backoff wait;
+            for (std::uint64_t offset = 0; offset != run;) {
+                if (slot_at(tail + offset).seq.load(std::memory_order_acquire) == tail + offset) {
+                    offset += step;
+                    continue;
+                }
+                const std::uint64_t head = indices_.head.load(std::memory_order_seq_cst);
+                if (static_cast<std::int64_t>(tail + run - head) > static_cast<std::int64_t>(lap_))
+                    return detail::attempt::busy;  // not room enough for the whole run
+                wait.snooze();                     // a pop is freeing the slot
+            }
+        }
+        // Consumers see none of the run until the tail moves past all of it.
+        for (std::size_t i = 0; i < values.size(); ++i) {
+            const std::uint64_t position = tail + i * step;
+            replace_oldest(slot_at(position), position, std::move(values[i]));
+        }
+        publish_tail(tail + run);
+        return detail::attempt::ok;
+    }
+
     // One push attempt. `busy`: full (never reported while a pop is freeing a slot).
     template <class... Args>
     detail::attempt try_push_once(Args&&... args) noexcept {
+        if (single_producer_)
+            return try_push_single(std::forward<Args>(args)...);
         detail::backoff wait;
         std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
         for (;;) {
@@ -754,6 +1017,8 @@ class ring_buffer {
 
     // One attempt at claiming `values.size()` (1..capacity) consecutive positions at once.
     detail::attempt try_push_n_once(std::span<T> values) noexcept {
+        if (single_producer_)
+            return try_push_n_single(values);
         const std::uint64_t run = std::uint64_t{values.size()} * step;
         detail::backoff wait;
         std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
@@ -836,7 +1101,8 @@ class ring_buffer {
         }
         ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
         s.seq.store(position + 1, std::memory_order_release);
-        not_empty_.notify_if_waiting();
+        if (!single_producer_)
+            not_empty_.notify_if_waiting();  // a single producer notifies once it moved tail
     }
 
     void discard(slot& s) noexcept {
@@ -898,6 +1164,10 @@ class ring_buffer {
     std::uint64_t lap_;  // position distance between two visits of a slot
     std::uint64_t start_ = 0;
     unsigned remap_shift_;
+    bool single_producer_;
+#if EVENTBUS_CHECK_SINGLE_PRODUCER
+    std::atomic<std::uint32_t> producers_inside_{0};
+#endif
     padded_counter dropped_;
     detail::event_count not_full_;   // producers sleep here under `block`
     detail::event_count not_empty_;  // consumers sleep here in pop(ctx)
@@ -999,13 +1269,14 @@ struct event {
     ::eventbus::args args;
 };
 
-/// Bytes of a typed event stored inline in a ring slot, with no allocation per event: the larger
-/// of EVENTBUS_INLINE_PAYLOAD_SIZE (default 64) and `sizeof(event)` (128 with libstdc++), since
-/// both share the slot. Larger or over-aligned types, and those whose move constructor may
-/// throw, cost one heap allocation per event instead.
-inline constexpr std::size_t inline_payload_size = sizeof(event) > EVENTBUS_INLINE_PAYLOAD_SIZE
-                                                       ? sizeof(event)
-                                                       : EVENTBUS_INLINE_PAYLOAD_SIZE;
+/// Bytes of a typed event stored inline in a ring slot, with no allocation per event
+/// (EVENTBUS_INLINE_PAYLOAD_SIZE, default 48: with the slot's sequence number and the payload's
+/// handling code, a slot is one 64-byte cache line). Larger types, types aligned to more than a
+/// pointer, and those whose move constructor may throw cost one heap allocation per event
+/// instead, as do dynamic `event`s.
+inline constexpr std::size_t inline_payload_size = EVENTBUS_INLINE_PAYLOAD_SIZE;
+static_assert(inline_payload_size >= sizeof(void*) && inline_payload_size % sizeof(void*) == 0,
+              "EVENTBUS_INLINE_PAYLOAD_SIZE must be a multiple of the pointer size");
 
 /// What can be published as a typed event: a movable object type; not a pointer, and not one of
 /// eventbus's own types (`event` or a type derived from it, `args`, `key`, `context`). Its type
@@ -1039,8 +1310,6 @@ namespace detail {
 /// lost), and the committer sleeps until the count reaches zero. Shared by the committer and the
 /// transaction's envelopes, so whoever finishes last may notify without outliving it.
 struct tx_record {
-    explicit tx_record(std::size_t events) noexcept : remaining(events) {}
-
     void finish(bool failed_call, bool lost) noexcept {
         if (failed_call)
             failed.store(true, std::memory_order_relaxed);
@@ -1051,7 +1320,7 @@ struct tx_record {
         done.notify_if_waiting();
     }
 
-    std::atomic<std::size_t> remaining;
+    std::atomic<std::size_t> remaining{0};
     std::atomic<bool> failed{false};
     std::atomic<bool> dropped{false};
     event_count done;
@@ -1064,9 +1333,11 @@ const key& typed_key() noexcept {
     return k;
 }
 
-/// How an envelope moves, destroys and names the payload it holds.
+/// How an envelope moves, destroys and names the payload it holds: one table per payload type.
 struct payload_ops {
-    const void* type;                                 // &type_tag<T>; nullptr: dynamic event
+    const void* type;  // &type_tag<T>; nullptr: a dynamic event (or a transaction's box)
+    bool trivial;      // inline and trivially copyable: moved by memcpy, never destroyed
+    bool transaction;  // a box holding a transaction's event (see envelope::content)
     void (*relocate)(void* from, void* to) noexcept;  // move-construct at `to`, destroy `from`
     void (*destroy)(void* at) noexcept;
     const void* (*payload)(const void* at) noexcept;  // the T (or event) object
@@ -1077,7 +1348,7 @@ struct payload_ops {
 template <class T>
 inline constexpr bool stored_inline =
     sizeof(T) <= inline_payload_size &&
-    alignof(T) <= alignof(std::max_align_t) && std::is_nothrow_move_constructible_v<T>;
+    alignof(T) <= alignof(void*) && std::is_nothrow_move_constructible_v<T>;
 
 template <class T>
 const void* payload_of(const void* at) noexcept {
@@ -1090,6 +1361,8 @@ const void* payload_of(const void* at) noexcept {
 template <class T>
 inline constexpr payload_ops ops_for{
     std::is_same_v<T, event> ? nullptr : &type_tag<T>,
+    stored_inline<T>&& std::is_trivially_copyable_v<T>,
+    false,
     [](void* from, void* to) noexcept {
         if constexpr (stored_inline<T>) {
             T* source = std::launder(static_cast<T*>(from));
@@ -1114,20 +1387,20 @@ inline constexpr payload_ops ops_for{
     },
 };
 
-/// What a ring slot of an event_store holds: one event (a dynamic `event` or a typed payload,
-/// inline when it fits `inline_payload_size`), plus the transaction it belongs to, if any.
-/// Move-only and nothrow-movable. An envelope destroyed while it still belongs to a transaction
-/// was never handled (drop_oldest overwrote it): it tells the transaction so.
+struct tx_box;
+
+/// What a ring slot of an event_store holds: one event, as a pointer to its handling code
+/// (`payload_ops`) and `inline_payload_size` bytes. A typed payload that fits is stored in those
+/// bytes (no allocation); a dynamic `event`, a larger payload, and an event of a transaction
+/// are boxed on the heap (the bytes hold the pointer). 56 bytes, so that with the ring's
+/// sequence number a slot is one 64-byte cache line. Move-only and nothrow-movable.
 class envelope {
   public:
     envelope() noexcept = default;
 
-    static_assert(stored_inline<event>,
-                  "eventbus needs a nothrow-movable event (std::string, "
-                  "std::unordered_map) to store it inline");
-
-    explicit envelope(event&& ev) noexcept : ops_(&ops_for<event>) {
-        ::new (static_cast<void*>(storage_)) event(std::move(ev));
+    /// A dynamic event: boxed (one allocation; its args are moved, never copied).
+    explicit envelope(event&& ev) : ops_(&ops_for<event>) {
+        ::new (static_cast<void*>(storage_)) event*(new event(std::move(ev)));
     }
 
     /// A typed payload made from `args`: no allocation when it is stored inline.
@@ -1143,6 +1416,9 @@ class envelope {
         }
     }
 
+    /// `inner` as an event of the transaction `record` (boxed: one allocation).
+    envelope(std::shared_ptr<tx_record> record, envelope&& inner);
+
     envelope(envelope&& other) noexcept { take(other); }
     envelope& operator=(envelope&& other) noexcept {
         if (this != &other) {
@@ -1153,139 +1429,92 @@ class envelope {
     }
     ~envelope() { reset(); }
 
+    [[nodiscard]] bool empty() const noexcept { return ops_ == nullptr; }
+    /// The event itself: the boxed one for a transaction's event, else this.
+    [[nodiscard]] const envelope& content() const noexcept;
     [[nodiscard]] const key& projection() const noexcept { return ops_->projection(storage_); }
     /// The payload's type tag, or nullptr for a dynamic event.
     [[nodiscard]] const void* type() const noexcept { return ops_->type; }
     /// The dynamic event (when `type()` is nullptr) or the typed payload.
     [[nodiscard]] const void* payload() const noexcept { return ops_->payload(storage_); }
-
-    void attach(std::shared_ptr<tx_record> record) noexcept { tx_ = std::move(record); }
-    void detach() noexcept { tx_.reset(); }
-    /// After the event's handlers ran: tells its transaction, if any.
-    void complete(bool failed_call) noexcept {
-        if (tx_) {
-            const std::shared_ptr<tx_record> record = std::move(tx_);
-            record->finish(failed_call, false);
-        }
+    [[nodiscard]] bool in_transaction() const noexcept {
+        return ops_ != nullptr && ops_->transaction;
     }
+    /// After the event's handlers ran: tells its transaction, if any.
+    void complete(bool failed_call) noexcept;
 
   private:
     void take(envelope& other) noexcept {
         ops_ = std::exchange(other.ops_, nullptr);
-        tx_ = std::move(other.tx_);
-        if (ops_ != nullptr)
+        if (ops_ == nullptr)
+            return;
+        if (ops_->trivial)
+            std::memcpy(storage_, other.storage_, inline_payload_size);
+        else
             ops_->relocate(other.storage_, storage_);
     }
     void reset() noexcept {
-        if (tx_) {
-            const std::shared_ptr<tx_record> record = std::move(tx_);
-            record->finish(false, true);
-        }
-        if (ops_ != nullptr)
-            std::exchange(ops_, nullptr)->destroy(storage_);
+        if (ops_ != nullptr && !ops_->trivial)
+            ops_->destroy(storage_);
+        ops_ = nullptr;
+    }
+    tx_box* box() const noexcept {
+        return *std::launder(reinterpret_cast<tx_box* const*>(storage_));
     }
 
     const payload_ops* ops_ = nullptr;
-    std::shared_ptr<tx_record> tx_;
-    alignas(std::max_align_t) std::byte storage_[inline_payload_size];
+    alignas(void*) std::byte storage_[inline_payload_size];
 };
+
+static_assert(sizeof(envelope) == sizeof(void*) + inline_payload_size,
+              "an envelope is its handling code's pointer and its inline bytes");
+static_assert(std::is_nothrow_move_constructible_v<envelope>);
+
+/// A transaction's event: the event, and the record its completion counts down. An event
+/// destroyed before it was handled (drop_oldest overwrote it) tells the record it was lost.
+struct tx_box {
+    std::shared_ptr<tx_record> record;
+    envelope inner;
+
+    void finish(bool failed_call, bool lost) noexcept {
+        if (record)
+            std::exchange(record, nullptr)->finish(failed_call, lost);
+    }
+    ~tx_box() { finish(false, true); }
+};
+
+inline constexpr payload_ops tx_ops{
+    nullptr,
+    false,
+    true,
+    [](void* from, void* to) noexcept {
+        ::new (to) tx_box*(*std::launder(static_cast<tx_box**>(from)));
+    },
+    [](void* at) noexcept { delete *std::launder(static_cast<tx_box**>(at)); },
+    [](const void* at) noexcept -> const void* {
+        return (*std::launder(static_cast<tx_box* const*>(at)))->inner.payload();
+    },
+    [](const void* at) noexcept -> const key& {
+        return (*std::launder(static_cast<tx_box* const*>(at)))->inner.projection();
+    },
+};
+
+inline envelope::envelope(std::shared_ptr<tx_record> record, envelope&& inner) : ops_(&tx_ops) {
+    auto* boxed = new tx_box{nullptr, std::move(inner)};
+    boxed->record = std::move(record);
+    ::new (static_cast<void*>(storage_)) tx_box*(boxed);
+}
+
+inline const envelope& envelope::content() const noexcept {
+    return ops_->transaction ? box()->inner : *this;
+}
+
+inline void envelope::complete(bool failed_call) noexcept {
+    if (ops_ != nullptr && ops_->transaction)
+        box()->finish(failed_call, false);
+}
 
 }  // namespace detail
-
-// timers //////////////////////////////////////////////////////////////////////////////////////
-
-namespace detail {
-
-/// One scheduled event, shared by its store's timer queue and its handle.
-struct timer_entry {
-    enum class state : std::uint8_t { pending, cancelled, fired };
-
-    timer_entry(const context& c, context::clock::time_point when, envelope&& e) noexcept
-        : ctx(c), due(when), ev(std::move(e)) {}
-
-    context ctx;
-    context::clock::time_point due;
-    envelope ev;                                // taken by the timer thread when due
-    std::atomic<state> status{state::pending};  // changed under the queue's mutex
-};
-
-/// A store's pending scheduled events, earliest first. Shared with the handles, so that a
-/// handle may be cancelled (and finds nothing to do) after its store is gone.
-struct timer_queue {
-    using entries = std::multimap<context::clock::time_point, std::shared_ptr<timer_entry>>;
-
-    /// Takes `entry` out of the queue if it is still pending: true if this call did.
-    bool cancel(const std::shared_ptr<timer_entry>& entry) {
-        std::lock_guard lock(mutex);
-        if (entry->status.load(std::memory_order_relaxed) != timer_entry::state::pending)
-            return false;
-        entry->status.store(timer_entry::state::cancelled, std::memory_order_release);
-        const auto [first, last] = pending.equal_range(entry->due);
-        for (auto it = first; it != last; ++it) {
-            if (it->second == entry) {
-                pending.erase(it);  // the caller still holds `entry`: nothing is freed here
-                break;
-            }
-        }
-        cancelled.fetch_add(1, std::memory_order_relaxed);
-        return true;
-    }
-
-    std::mutex mutex;
-    std::condition_variable wake;  // the timer thread sleeps here until the earliest due time
-    entries pending;
-    bool stopping = false;
-    std::atomic<std::uint64_t> scheduled{0};
-    std::atomic<std::uint64_t> cancelled{0};
-};
-
-}  // namespace detail
-
-/// What `event_store::schedule` returns: `cancel()` stops the event if it has not run yet.
-/// May outlive the store. Thread-safe.
-class timer_handle {
-  public:
-    timer_handle() noexcept = default;
-
-    /// Stops the event: true if this call did (it will never run); false if it is due already
-    /// (it ran, or was refused when due: see `store_metrics::cancelled`), was cancelled already
-    /// (by another cancel(), its context or the store's close()), or the handle is empty. Takes
-    /// the store's timer mutex briefly.
-    bool cancel() {
-        if (!entry_)
-            return false;
-        if (entry_->ctx.done()) {
-            (void)queue_->cancel(entry_);  // the context stopped it; just let it go early
-            return false;
-        }
-        return queue_->cancel(entry_);
-    }
-
-    /// True while the event is pending: neither run, nor cancelled, nor stopped by its context.
-    [[nodiscard]] explicit operator bool() const noexcept {
-        return entry_ &&
-               entry_->status.load(std::memory_order_acquire) ==
-                   detail::timer_entry::state::pending &&
-               !entry_->ctx.done();
-    }
-
-    /// Why the handle is empty when `schedule` returned it so: `{}` when the event was due
-    /// already and was published at once, else the error (`errc::closed`, the context's error,
-    /// or what subscribe returned).
-    [[nodiscard]] std::error_code error() const noexcept { return error_; }
-
-  private:
-    template <overflow_policy>
-    friend class event_store;
-    timer_handle(std::shared_ptr<detail::timer_queue> queue,
-                 std::shared_ptr<detail::timer_entry> entry) noexcept
-        : queue_(std::move(queue)), entry_(std::move(entry)) {}
-    explicit timer_handle(std::error_code error) noexcept : error_(error) {}
-
-    std::shared_ptr<detail::timer_queue> queue_;
-    std::shared_ptr<detail::timer_entry> entry_;
-    std::error_code error_;
-};
 
 // dispatcher //////////////////////////////////////////////////////////////////////////////////
 
@@ -1302,7 +1531,8 @@ class snapshot {
   public:
     using handle = std::shared_ptr<const T>;
 
-    snapshot() : current_(new holder{std::make_shared<const T>()}) {}
+    /// Holds a default T; allocates nothing until the first update.
+    snapshot() noexcept = default;
     snapshot(const snapshot&) = delete;
     snapshot& operator=(const snapshot&) = delete;
     ~snapshot() {
@@ -1316,7 +1546,8 @@ class snapshot {
         // Seq_cst enter, then seq_cst load: a writer that saw no reader after swapping knows
         // every later reader loads the new holder (see take_garbage_locked).
         readers_.fetch_add(1, std::memory_order_seq_cst);
-        handle value = current_.load(std::memory_order_seq_cst)->value;
+        const holder* now = current_.load(std::memory_order_seq_cst);
+        handle value = now != nullptr ? now->value : empty();
         if (readers_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
             has_retired_.load(std::memory_order_relaxed))
             collect(std::unique_lock(mutex_, std::try_to_lock));
@@ -1334,11 +1565,14 @@ class snapshot {
     template <class Change>
     void update(Change&& change) {
         std::unique_lock lock(mutex_);
-        auto next = std::make_shared<T>(*current_.load(std::memory_order_relaxed)->value);
+        const holder* now = current_.load(std::memory_order_relaxed);
+        auto next = now != nullptr ? std::make_shared<T>(*now->value) : std::make_shared<T>();
         change(*next);
         auto fresh = std::make_unique<holder>(holder{std::move(next)});
         retired_.push_back(nullptr);  // the only allocation left; nothing has changed yet
         retired_.back() = current_.exchange(fresh.release(), std::memory_order_seq_cst);
+        if (retired_.back() == nullptr)
+            retired_.pop_back();
         // Release: a reader that sees the new version and reads again gets the new copy.
         version_.fetch_add(1, std::memory_order_release);
         collect(std::move(lock));
@@ -1348,6 +1582,12 @@ class snapshot {
     struct holder {
         handle value;
     };
+
+    // The value before the first update: one per T in a program.
+    static const handle& empty() noexcept {
+        static const handle value = std::make_shared<const T>();
+        return value;
+    }
 
     // Frees the retired holders if no reader is copying out of one. Deleting a holder may free
     // a copy, and with it handlers and their captures, whose destructors may call back into
@@ -1366,7 +1606,7 @@ class snapshot {
             delete old;
     }
 
-    mutable std::atomic<holder*> current_;
+    mutable std::atomic<holder*> current_{nullptr};
     std::atomic<std::uint64_t> version_{0};
     mutable std::atomic<std::size_t> readers_{0};
     mutable std::atomic<bool> has_retired_{false};
@@ -1374,18 +1614,29 @@ class snapshot {
     mutable std::vector<holder*> retired_;
 };
 
-/// One registered handler. Calls are counted so that removal can wait for those in flight.
-struct handler_entry {
+/// A handler as the dispatcher stores it: the user's callable behind one indirect call.
+struct handler_fn {
     // `payload` is the event's args (`type` nullptr) or its typed payload (`type` its tag).
-    std::function<result(const context&, const void* type, const void* payload)> call;
-    // Low 32 bits: calls in flight. High 32 bits: those of them whose thread is itself inside
-    // remove() of this entry, which removal must not wait for. One word, so that every change
-    // wakes a waiting remover.
-    std::atomic<std::uint64_t> calls{0};
+    // `out` receives the result, or is nullptr when nobody wants it (no after hook).
+    using invoke_type = void (*)(void* fn, const context& ctx, const void* type,
+                                 const void* payload, result* out);
+    invoke_type invoke = nullptr;
+    std::shared_ptr<void> fn;
+
+    void operator()(const context& ctx, const void* type, const void* payload, result* out) const {
+        invoke(fn.get(), ctx, type, payload, out);
+    }
+};
+
+/// One registered handler.
+struct handler_entry {
+    handler_fn call;
+    // Set (seq_cst) by remove() before it waits for the batches in flight; a batch that reads it
+    // (seq_cst) after announcing itself skips the handler (see pin_registry).
     std::atomic<bool> removed{false};
     // Live `registration` handles of this entry. It starts at 1 (the handle `on` returns) and,
-    // once 0, stays 0: then nobody can ever remove the handler, and calls skip the accounting
-    // above (two shared read-modify-writes per call).
+    // once 0, stays 0: then nobody can ever remove the handler, and a store may keep a table
+    // that holds it between publishes.
     std::atomic<std::uint32_t> handles{1};
 
     [[nodiscard]] bool removable() const noexcept {
@@ -1393,19 +1644,192 @@ struct handler_entry {
         // completed through a handle is seen (`removed`) once no handle is left.
         return handles.load(std::memory_order_acquire) != 0;
     }
+};
 
-    static constexpr std::uint64_t removing_one = std::uint64_t{1} << 32;
-    static constexpr bool settled(std::uint64_t value) noexcept {
-        return (value & (removing_one - 1)) <= (value >> 32);
+class pin_registry;
+
+/// Where a thread running a batch of handler calls of a dispatcher announces the handler it is
+/// calling, so that removal can wait for the calls in flight without any shared
+/// read-modify-write per call: taking and letting go of a record costs one each per batch, on a
+/// line its thread keeps using; a call costs a store and two loads on lines it owns or only
+/// reads.
+struct alignas(cache_line_size) pin_record {
+    // Odd while a batch holds the record (+1 when taken and when let go).
+    std::atomic<std::uint64_t> word{0};
+    // The handler the batch is calling now (written by its own thread only; release, so that a
+    // remover that sees it change also sees the end of the call before).
+    std::atomic<const void*> current{nullptr};
+    // While the batch's thread is itself inside remove(): the handler it removes.
+    std::atomic<const void*> parked_on{nullptr};
+    pin_registry* owner = nullptr;
+};
+static_assert(sizeof(pin_record) % cache_line_size == 0 && alignof(pin_record) == cache_line_size,
+              "each pin record has its own cache lines");
+
+/// The pin records a thread holds, innermost first (nested batches: a handler that publishes).
+struct pin_frame {
+    pin_record* record;
+    const pin_frame* outer;
+};
+inline thread_local const pin_frame* pin_frames = nullptr;
+inline std::atomic<std::size_t> next_pin_hint{0};
+
+/// A dispatcher's pin records: a first chunk inside the dispatcher, more chunks when more
+/// threads run batches at once than there are records (never freed before the dispatcher).
+///
+/// Why removal sees every call (Dekker's pattern with asymmetric fences): before each call a
+/// batch stores `current`, runs the light fence, then loads `removed`; remove() stores
+/// `removed`, runs the heavy fence, then loads every record's `current`. The pair orders like
+/// two seq_cst fences: either the batch sees `removed` (it skips the handler) or the remover
+/// sees `current` (it waits until that call is over). With membarrier(2) the batch's fence is
+/// only a compiler barrier.
+class pin_registry {
+  public:
+    pin_registry() noexcept {
+        for (pin_record& r : first_.records)
+            r.owner = this;
     }
+    pin_registry(const pin_registry&) = delete;
+    pin_registry& operator=(const pin_registry&) = delete;
+    ~pin_registry() {
+        for (chunk* c = first_.next.load(std::memory_order_acquire); c != nullptr;) {
+            chunk* next = c->next.load(std::memory_order_acquire);
+            delete c;
+            c = next;
+        }
+    }
+
+    /// A free record, now held by the calling thread's batch. Lock-free unless every record is
+    /// held (then it adds a chunk under a mutex). No allocation in the common case.
+    [[nodiscard]] pin_record& acquire() noexcept {
+        static thread_local const std::size_t hint =
+            next_pin_hint.fetch_add(1, std::memory_order_relaxed);
+        for (;;) {
+            chunk* last = &first_;
+            for (chunk* c = &first_; c != nullptr; c = c->next.load(std::memory_order_acquire)) {
+                last = c;
+                for (std::size_t i = 0; i < chunk_size; ++i) {
+                    pin_record& r = c->records[(hint + i) % chunk_size];
+                    std::uint64_t word = r.word.load(std::memory_order_relaxed);
+                    if ((word & 1) == 0 &&
+                        r.word.compare_exchange_strong(word, word + 1, std::memory_order_seq_cst,
+                                                       std::memory_order_relaxed))
+                        return r;
+                }
+            }
+            grow(last);
+        }
+    }
+
+    /// Ends the batch that held `r`.
+    void release(pin_record& r) noexcept {
+        r.current.store(nullptr, std::memory_order_release);
+        // Seq_cst RMW, then notify: removers re-check after a seq_cst RMW of their own.
+        r.word.fetch_add(1, std::memory_order_seq_cst);
+        quiesce_.notify_if_waiting();
+    }
+
+    /// A batch announced a new call (after its light fence): wakes removers that may be waiting
+    /// for the previous one. Costs a load while nobody waits.
+    void announce() noexcept { quiesce_.notify_if_waiting(); }
+
+    /// remove(), after marking `target` removed: waits until no other thread is inside a call
+    /// of it. A call on this thread is not waited for (a handler may remove itself). Nor is a
+    /// call of `target` whose thread is itself waiting to remove `target` when this thread does
+    /// so from inside a call of `target` too (two "once" handlers removing themselves).
+    void wait_for_calls(const void* target) {
+        bool inside_target = false;
+        for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
+            if (f->record->current.load(std::memory_order_relaxed) == target)
+                inside_target = true;
+        // Say what this thread removes, for the exemption above.
+        for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer) {
+            f->record->parked_on.exchange(target, std::memory_order_seq_cst);
+            f->record->owner->quiesce_.notify_if_waiting();
+        }
+        // Pairs with the light fence of every batch (see the class comment).
+        asymmetric_fence_heavy();
+        const context never;
+        for (chunk* c = &first_; c != nullptr; c = c->next.load(std::memory_order_acquire)) {
+            for (pin_record& r : c->records) {
+                if (held_here(r))
+                    continue;
+                const auto settled = [&]() noexcept {
+                    // Acquire: once `current` has moved on, the call of `target` is over.
+                    if (r.current.load(std::memory_order_acquire) != target)
+                        return attempt::ok;
+                    // That thread is inside `target`, itself waiting to remove `target`, and so
+                    // are we: neither waits for the other (both calls are of "once" handlers).
+                    if (inside_target && r.parked_on.load(std::memory_order_seq_cst) == target)
+                        return attempt::ok;
+                    return attempt::busy;
+                };
+                (void)retry_or_wait(quiesce_, never, settled, true);
+            }
+        }
+        for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
+            f->record->parked_on.store(nullptr, std::memory_order_seq_cst);
+    }
+
+  private:
+    static constexpr std::size_t chunk_size = 16;
+    struct chunk {
+        std::array<pin_record, chunk_size> records{};
+        std::atomic<chunk*> next{nullptr};
+    };
+
+    static bool held_here(const pin_record& r) noexcept {
+        for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
+            if (f->record == &r)
+                return true;
+        return false;
+    }
+
+    // Every record was held: add a chunk after `last`, unless another thread did already.
+    void grow(chunk* last) noexcept {
+        std::lock_guard lock(grow_mutex_);
+        if (last->next.load(std::memory_order_acquire) != nullptr)
+            return;
+        auto* fresh = new (std::nothrow) chunk;
+        if (fresh == nullptr) {
+            std::this_thread::yield();  // out of memory: wait for a batch to end instead
+            return;
+        }
+        for (pin_record& r : fresh->records)
+            r.owner = this;
+        last->next.store(fresh, std::memory_order_release);
+    }
+
+    chunk first_;
+    event_count quiesce_;  // removers sleep here until a batch ends or parks
+    std::mutex grow_mutex_;
 };
 
-/// The handler calls running on this thread, innermost first (to let a handler remove itself).
-struct active_call {
-    const handler_entry* entry;
-    const active_call* outer;
+/// A batch of handler calls, pinned for its whole duration (RAII).
+class pin_guard {
+  public:
+    explicit pin_guard(pin_registry& registry) noexcept
+        : registry_(registry), frame_{&registry.acquire(), pin_frames} {
+        pin_frames = &frame_;
+    }
+    pin_guard(const pin_guard&) = delete;
+    pin_guard& operator=(const pin_guard&) = delete;
+    ~pin_guard() {
+        pin_frames = frame_.outer;
+        registry_.release(*frame_.record);
+    }
+    /// Before each call: announces it, then tells whether the handler was removed meanwhile.
+    [[nodiscard]] bool enter(const handler_entry& e) const noexcept {
+        frame_.record->current.store(&e, std::memory_order_release);
+        asymmetric_fence_light();  // pairs with remove()'s heavy fence
+        registry_.announce();
+        return !e.removed.load(std::memory_order_relaxed);
+    }
+
+  private:
+    pin_registry& registry_;
+    pin_frame frame_;
 };
-inline thread_local const active_call* active_calls = nullptr;
 
 }  // namespace detail
 
@@ -1495,6 +1919,7 @@ result as_result(R&& r) {
 /// A handler, made from any invocable of the forms `result|void(const context&, const args&)`
 /// (dynamic events) or `result|void(const context&, const T&)` / `result|void(const T&)` (typed
 /// events of type T; T is deduced from a non-generic callable). A handler fails by throwing.
+/// Copies share the callable.
 class handler {
   public:
     template <class F>
@@ -1502,11 +1927,11 @@ class handler {
         F fn)  // NOLINT: implicit, so lambdas fit a braced dispatcher list
         : type_(nullptr) {
         if constexpr (detail::args_handler<F>) {
-            call_ = wrap_args(std::move(fn));
+            call_ = {&invoke_args<F>, std::make_shared<F>(std::move(fn))};
         } else {
             using T = detail::deduced_payload_t<F>;
             type_ = &detail::type_tag<T>;
-            call_ = wrap_typed<T>(std::move(fn));
+            call_ = {&invoke_typed<T, F>, std::make_shared<F>(std::move(fn))};
         }
     }
 
@@ -1515,7 +1940,8 @@ class handler {
     requires detail::typed_handler_for<F, std::remove_cvref_t<T>>
     [[nodiscard]] static handler of(F fn) {
         using U = std::remove_cvref_t<T>;
-        return handler(&detail::type_tag<U>, wrap_typed<U>(std::move(fn)));
+        return handler(&detail::type_tag<U>,
+                       {&invoke_typed<U, F>, std::make_shared<F>(std::move(fn))});
     }
 
     /// The type tag of T for a typed handler; nullptr for a handler of args.
@@ -1523,55 +1949,57 @@ class handler {
 
   private:
     friend class dispatcher;
-    using call_type = std::function<result(const context&, const void*, const void*)>;
 
-    handler(const void* type, call_type call) noexcept : call_(std::move(call)), type_(type) {}
+    handler(const void* type, detail::handler_fn call) noexcept
+        : call_(std::move(call)), type_(type) {}
+
+    template <class R>
+    static void deliver(R&& r, result* out) {
+        if (out != nullptr)
+            *out = detail::as_result(std::forward<R>(r));
+    }
 
     template <class F>
-    static call_type wrap_args(F fn) {
-        return [fn = std::move(fn)](const context& ctx, const void* type,
-                                    const void* payload) mutable -> result {
-            if (type != nullptr)
-                detail::throw_payload_mismatch("args");
-            if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const args&>>) {
-                fn(ctx, *static_cast<const args*>(payload));
-                return {};
-            } else {
-                return detail::as_result(fn(ctx, *static_cast<const args*>(payload)));
-            }
-        };
+    static void invoke_args(void* fn, const context& ctx, const void* type, const void* payload,
+                            result* out) {
+        if (type != nullptr)
+            detail::throw_payload_mismatch("args");
+        F& f = *static_cast<F*>(fn);
+        const args& a = *static_cast<const args*>(payload);
+        if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const args&>>)
+            f(ctx, a);
+        else
+            deliver(f(ctx, a), out);
     }
 
     template <class T, class F>
-    static call_type wrap_typed(F fn) {
-        return [fn = std::move(fn)](const context& ctx, const void* type,
-                                    const void* payload) mutable -> result {
-            if (type != &detail::type_tag<T>)
-                detail::throw_payload_mismatch("a typed event");
-            const T& value = *static_cast<const T*>(payload);
-            if constexpr (std::invocable<F&, const context&, const T&>) {
-                if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const T&>>) {
-                    fn(ctx, value);
-                    return {};
-                } else {
-                    return detail::as_result(fn(ctx, value));
-                }
-            } else {
-                if constexpr (std::is_void_v<std::invoke_result_t<F&, const T&>>) {
-                    fn(value);
-                    return {};
-                } else {
-                    return detail::as_result(fn(value));
-                }
-            }
-        };
+    static void invoke_typed(void* fn, const context& ctx, const void* type, const void* payload,
+                             result* out) {
+        if (type != &detail::type_tag<T>)
+            detail::throw_payload_mismatch("a typed event");
+        F& f = *static_cast<F*>(fn);
+        const T& value = *static_cast<const T*>(payload);
+        if constexpr (std::invocable<F&, const context&, const T&>) {
+            if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const T&>>)
+                f(ctx, value);
+            else
+                deliver(f(ctx, value), out);
+        } else {
+            if constexpr (std::is_void_v<std::invoke_result_t<F&, const T&>>)
+                f(value);
+            else
+                deliver(f(value), out);
+        }
     }
 
-    call_type call_;
+    detail::handler_fn call_;
     const void* type_;
 };
 
 class dispatcher;
+namespace detail {
+class dispatch_core;
+}  // namespace detail
 
 /// What `dispatcher::on` returns: `remove()` unregisters the handler. Dropping the handle does
 /// NOT remove it (handlers live as long as the dispatcher, as in GoEventBus). Must not outlive
@@ -1595,7 +2023,7 @@ class registration {
         return *this;
     }
     /// Dropping the last handle does not remove the handler; it only means that nobody can
-    /// remove it any more (its calls then skip the accounting removal needs).
+    /// remove it any more (a store may then keep a table that holds it between publishes).
     ~registration() {
         if (entry_)
             entry_->handles.fetch_sub(1, std::memory_order_release);
@@ -1666,9 +2094,14 @@ class dispatcher {
 
   private:
     friend class registration;
+    friend class detail::dispatch_core;
 
+    template <overflow_policy>
+    friend class event_store;
+
+    // Unlinks the handler, marks it removed, then waits for the batches that may be calling it
+    // (see pin_registry::wait_for_calls for whose are not waited for).
     void remove(const key& projection, const std::shared_ptr<detail::handler_entry>& handle) {
-        using entry_type = detail::handler_entry;
         // Our own reference: `handle` lives in a registration that another thread may free as
         // soon as its own remove() has returned.
         const std::shared_ptr<detail::handler_entry> target = handle;
@@ -1682,34 +2115,13 @@ class dispatcher {
                     t.erase(found);
             });
         }
-        // Seq_cst: a caller that counts itself in after the loads below sees `removed` and
-        // skips the call (call_one checks it after incrementing).
+        // Seq_cst: see pin_registry (a batch either skips the handler or is waited for).
         target->removed.store(true, std::memory_order_seq_cst);
-        // Calls of this handler running on this very thread are not waited for, and neither are
-        // those of other threads that are inside remove() of it too (a "once" handler run by two
-        // publishers removing itself twice at the same moment).
-        std::uint64_t own = 0;
-        for (auto* call = detail::active_calls; call != nullptr; call = call->outer)
-            if (call->entry == target.get())
-                own += entry_type::removing_one;
-        if (own != 0) {
-            target->calls.fetch_add(own, std::memory_order_seq_cst);
-            target->calls.notify_all();
-        }
-        // A remover inside a call of this handler waits for the calls of others, except those
-        // whose thread is inside remove() of it too (two such removers would wait for each other
-        // forever). Any other remover waits for every call in flight.
-        const auto done = [own](std::uint64_t now) noexcept {
-            return own != 0 ? entry_type::settled(now)
-                            : (now & (entry_type::removing_one - 1)) == 0;
-        };
-        for (std::uint64_t now; !done(now = target->calls.load(std::memory_order_seq_cst));)
-            target->calls.wait(now, std::memory_order_seq_cst);
-        if (own != 0)
-            target->calls.fetch_sub(own, std::memory_order_seq_cst);
+        pins_.wait_for_calls(target.get());
     }
 
     detail::snapshot<table> table_;
+    detail::pin_registry pins_;
 };
 
 inline void registration::remove() {
@@ -1717,7 +2129,7 @@ inline void registration::remove() {
         owner_->remove(key_, entry_);
 }
 
-// event store /////////////////////////////////////////////////////////////////////////////////
+// hooks and options ///////////////////////////////////////////////////////////////////////////
 
 /// Options of an event_store.
 struct store_options {
@@ -1729,6 +2141,11 @@ struct store_options {
     /// Async mode: events with the same key are handled one at a time, in FIFO order, while
     /// different keys run in parallel. Costs a short mutex around each pop.
     bool ordered_by_key = false;
+    /// The caller promises that one thread at a time produces: subscribe, transaction commit,
+    /// schedule, close and the destructor (a handler that subscribes counts as producing). The
+    /// subscribe path then uses no locked read-modify-write. Builds without NDEBUG abort with a
+    /// message when two threads subscribe at once.
+    bool single_producer = false;
 };
 
 /// A snapshot of a store's counters.
@@ -1750,8 +2167,7 @@ class next_handler {
     result operator()(const context& ctx, const event& ev) const;
 
   private:
-    template <overflow_policy>
-    friend class event_store;
+    friend class detail::dispatch_core;
     using middleware_fn = std::function<result(const context&, const event&, const next_handler&)>;
     next_handler(const std::vector<middleware_fn>& chain, std::size_t index,
                  const detail::handler_entry& target, const detail::envelope& env) noexcept
@@ -1777,10 +2193,15 @@ using error_hook = std::function<void(const context&, const event&, std::excepti
 inline result next_handler::operator()(const context& ctx, const event& ev) const {
     if (index_ < chain_->size())
         return (*chain_)[index_](ctx, ev, next_handler(*chain_, index_ + 1, *target_, *env_));
+    result out;
     if (env_->type() != nullptr)
-        return target_->call(ctx, env_->type(), env_->payload());
-    return target_->call(ctx, nullptr, &ev.args);  // what the middleware passed on
+        target_->call(ctx, env_->type(), env_->payload(), &out);
+    else
+        target_->call(ctx, nullptr, &ev.args, &out);  // what the middleware passed on
+    return out;
 }
+
+// dispatch core ///////////////////////////////////////////////////////////////////////////////
 
 namespace detail {
 
@@ -1799,39 +2220,791 @@ inline bool inside_dispatch_of(const void* store) noexcept {
     return false;
 }
 
+/// Marks this thread as dispatching for `store` while it lives.
+class dispatch_mark {
+  public:
+    explicit dispatch_mark(const void* store) noexcept : frame_{store, dispatch_frames} {
+        dispatch_frames = &frame_;
+    }
+    dispatch_mark(const dispatch_mark&) = delete;
+    dispatch_mark& operator=(const dispatch_mark&) = delete;
+    ~dispatch_mark() { dispatch_frames = frame_.outer; }
+
+  private:
+    dispatch_frame frame_;
+};
+
+struct batch_counts {
+    std::uint64_t processed = 0;
+    std::uint64_t errors = 0;
+    std::uint64_t unhandled = 0;
+};
+
+/// Which events of a batch (of at most 64) belong to a transaction, and which of those had a
+/// failed handler call.
+struct completions {
+    bool any = false;
+    std::uint64_t failed = 0;
+};
+
+struct hook_set {
+    std::vector<middleware> chain;
+    std::vector<before_hook> before;
+    std::vector<after_hook> after;
+    std::vector<error_hook> error;
+
+    [[nodiscard]] bool empty() const noexcept {
+        return chain.empty() && before.empty() && after.empty() && error.empty();
+    }
+};
+
+/// Events claimed from the ring in one go (one compare-and-swap), moved out of their slots so
+/// that the slots are free again before any handler runs: a handler may then subscribe into a
+/// full ring without waiting for its own batch. Lives on the dispatching thread's stack.
+class claimed_batch {
+  public:
+    static constexpr std::size_t capacity = 64;  // bits of `completions::failed`
+
+    claimed_batch() noexcept = default;
+    claimed_batch(const claimed_batch&) = delete;
+    claimed_batch& operator=(const claimed_batch&) = delete;
+    ~claimed_batch() { clear(); }
+
+    /// Takes up to `most` (at most `capacity`) events of positions before `limit` from `ring`.
+    template <class Ring>
+    std::size_t take(Ring& ring, std::uint64_t limit, std::size_t most = capacity) noexcept {
+        clear();
+        return size_ = ring.try_pop_batch(limit, most, [this](envelope&& e) noexcept {
+            ::new (static_cast<void*>(storage_ + size_++ * sizeof(envelope)))
+                envelope(std::move(e));
+        });
+    }
+    /// One event (ordered_by_key takes them one at a time).
+    void put(envelope&& e) noexcept {
+        clear();
+        ::new (static_cast<void*>(storage_)) envelope(std::move(e));
+        size_ = 1;
+    }
+    [[nodiscard]] std::span<envelope> events() noexcept {
+        return {std::launder(reinterpret_cast<envelope*>(storage_)), size_};
+    }
+    /// Destroys the events (their payloads die here, before the batch is reported done).
+    void clear() noexcept {
+        for (envelope& e : events())
+            e.~envelope();
+        size_ = 0;
+    }
+
+  private:
+    alignas(envelope) std::byte storage_[capacity * sizeof(envelope)];
+    std::size_t size_ = 0;
+};
+
+/// A dispatching thread's copies of the handler table and the hooks, kept across batches while
+/// they are current (reading them costs shared read-modify-writes).
+struct handler_view {
+    using table = std::unordered_map<key, std::vector<std::shared_ptr<handler_entry>>>;
+    using handler_list = table::mapped_type;
+
+    std::shared_ptr<const table> handlers;
+    std::shared_ptr<const hook_set> hooks;
+    std::uint64_t table_version = 0;
+    std::uint64_t hooks_version = 0;
+    // The handlers of the last typed event's type (nullptr: none): a run of events of one type
+    // skips the hash lookup.
+    const void* last_type = nullptr;
+    const handler_list* last_handlers = nullptr;
+    // Whether every handler in `handlers` is permanent (no registration handle left, so it can
+    // never be removed): only then may the copy be kept while idle, since keeping it can then
+    // never prolong the life of a removed handler.
+    bool permanent = false;
+
+    [[nodiscard]] const handler_list* handlers_of(const envelope& env) noexcept {
+        const void* type = env.type();
+        if (type != nullptr && type == last_type)
+            return last_handlers;
+        const auto found = handlers->find(env.projection());
+        const handler_list* list =
+            found == handlers->end() || found->second.empty() ? nullptr : &found->second;
+        if (type != nullptr) {
+            last_type = type;
+            last_handlers = list;
+        }
+        return list;
+    }
+
+    void release() noexcept {
+        handlers.reset();
+        hooks.reset();
+        last_type = nullptr;
+    }
+};
+
+/// Runs the handlers of claimed events, with hooks and middleware, counting what happened.
+/// Knows nothing of rings or threads.
+class dispatch_core {
+  public:
+    explicit dispatch_core(eventbus::dispatcher& handlers) noexcept
+        : dispatcher_(&handlers), handler_ctx_(stop_.get_token()) {}
+
+    [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return *dispatcher_; }
+    [[nodiscard]] const context& handler_context() const noexcept { return handler_ctx_; }
+    /// Tells handlers still to run that the closer gave up waiting (their context's token).
+    void request_stop() noexcept { stop_.request_stop(); }
+
+    template <class Change>
+    void change_hooks(Change&& change) {
+        hooks_.update(std::forward<Change>(change));
+    }
+
+    /// Re-reads the table and the hooks if they changed. The events about to be handled were
+    /// made eligible after every registration that happened before their publish(), and the
+    /// versions are read after they were claimed (seq_cst), so those registrations are seen.
+    /// Version first, then the copy: the copy is at least as new as the version.
+    void refresh(handler_view& view) const {
+        if (const auto v = dispatcher_->version(); !view.handlers || v != view.table_version) {
+            view.table_version = v;
+            view.handlers = dispatcher_->handlers();
+            view.last_type = nullptr;
+            view.permanent = std::ranges::all_of(*view.handlers, [](const auto& by_key) {
+                return std::ranges::none_of(by_key.second,
+                                            [](const auto& e) { return e->removable(); });
+            });
+        }
+        if (const auto v = hooks_.version(); !view.hooks || v != view.hooks_version) {
+            view.hooks_version = v;
+            view.hooks = hooks_.read();
+        }
+    }
+
+    /// Handles `batch` in order. The dispatcher's pin covers the whole batch (see
+    /// pin_registry): two read-modify-writes per batch, none per handler call. Returns the
+    /// transactions' completions, to be told (`complete`) once the counts are published, so that
+    /// a committer that returns sees its events counted.
+    [[nodiscard]] completions run(std::span<envelope> batch, handler_view& view,
+                                  batch_counts& counts) {
+        completions done;
+        const pin_guard pin(dispatcher_->pins_);
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            const std::uint64_t errors_before = counts.errors;
+            dispatch(batch[i], view, counts, pin);
+            if (batch[i].in_transaction()) {
+                done.any = true;
+                if (counts.errors != errors_before)
+                    done.failed |= std::uint64_t{1} << i;
+            }
+        }
+        return done;
+    }
+
+    /// Tells the transactions of `batch` that their events were handled.
+    static void complete(std::span<envelope> batch, const completions& done) noexcept {
+        if (!done.any)
+            return;
+        for (std::size_t i = 0; i < batch.size(); ++i)
+            batch[i].complete(((done.failed >> i) & 1) != 0);
+    }
+
+  private:
+    void dispatch(envelope& env, handler_view& view, batch_counts& counts, const pin_guard& pin) {
+        const envelope& ev = env.content();
+        const hook_set& hooks = *view.hooks;
+        const handler_view::handler_list* handlers = view.handlers_of(ev);
+        if (handlers == nullptr) {
+            ++counts.unhandled;
+            return;
+        }
+        if (ev.type() == nullptr) {
+            const auto* dynamic = static_cast<const event*>(ev.payload());
+            for (const auto& target : *handlers)
+                if (pin.enter(*target))
+                    run_one(*target, ev, dynamic, hooks, counts);
+        } else if (hooks.empty()) {
+            for (const auto& target : *handlers) {
+                if (!pin.enter(*target))
+                    continue;
+                // The hot path: straight to the handler; nobody wants the result.
+                try {
+                    target->call(handler_ctx_, ev.type(), ev.payload(), nullptr);
+                } catch (...) {
+                    ++counts.errors;
+                }
+                ++counts.processed;
+            }
+        } else {
+            // Hooks and middleware see a stand-in for a typed event, with its key only (it
+            // allocates nothing).
+            const event stand_in{.id = {}, .projection = ev.projection(), .args = {}};
+            for (const auto& target : *handlers)
+                if (pin.enter(*target))
+                    run_one(*target, ev, &stand_in, hooks, counts);
+        }
+    }
+
+    // One handler call with its hooks; exceptions are counted and reported, never thrown.
+    void run_one(const handler_entry& target, const envelope& env, const event* ev,
+                 const hook_set& hooks, batch_counts& counts) {
+        result outcome;
+        std::exception_ptr error;
+        try {
+            if (hooks.empty()) {
+                target.call(handler_ctx_, env.type(),
+                            env.type() != nullptr ? env.payload() : &ev->args, nullptr);
+            } else {
+                for (const auto& hook : hooks.before)
+                    hook(handler_ctx_, *ev);
+                outcome = next_handler(hooks.chain, 0, target, env)(handler_ctx_, *ev);
+            }
+        } catch (...) {
+            error = std::current_exception();
+        }
+        ++counts.processed;
+        if (error)
+            ++counts.errors;
+        for (const auto& hook : hooks.after) {
+            try {
+                hook(handler_ctx_, *ev, outcome, error);
+            } catch (...) {
+            }
+        }
+        if (error) {
+            for (const auto& hook : hooks.error) {
+                try {
+                    hook(handler_ctx_, *ev, error);
+                } catch (...) {
+                }
+            }
+        }
+    }
+
+    eventbus::dispatcher* dispatcher_;
+    std::stop_source stop_;  // handlers' context: stopped by a close() whose context ended
+    context handler_ctx_;
+    snapshot<hook_set> hooks_;
+};
+
 }  // namespace detail
 
-/// The bus: a ring of events, a dispatcher, hooks and counters.
+// worker pool /////////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+/// Async mode's threads: each worker claims a batch of eligible events from the ring with one
+/// compare-and-swap, moves them out, handles them and counts them in its own counters. Exists
+/// only in async mode.
 ///
-/// Sync mode (default): `publish()` runs handlers on the calling thread. Async mode
-/// (`store_options{.async = true}`): worker threads, started by the constructor, take events
-/// straight from the ring once a `publish()` has made them eligible.
-template <overflow_policy Policy = drop_oldest>
-class event_store {
+/// Per batch a worker announces a lower bound of the position it takes (a seq_cst store) before
+/// its claim moves head, and withdraws it (a seq_cst exchange) once the batch is handled: drain()
+/// waits until head has passed its target and no announcement below the target is left.
+/// Idle workers spin briefly, then sleep on an eventcount; publish() wakes one sleeper, and a
+/// worker that claimed a full batch wakes another.
+template <class Ring>
+class worker_pool {
   public:
-    /// Throws `std::invalid_argument` for a capacity of 0 or not a power of two. In async mode
-    /// starts the workers (std::system_error if a thread cannot be started).
-    event_store(eventbus::dispatcher& handlers, std::size_t capacity, store_options options = {})
-        : dispatcher_(&handlers)
-        , ring_(capacity)
-        , options_(options)
-        , handler_ctx_(stop_.get_token())
-        , eligible_(ring_.mark()) {
-        if (!options_.async)
-            return;
-        std::size_t count = options_.workers;
-        if (count == 0)
-            count = std::max<std::size_t>(1, std::thread::hardware_concurrency());
-        options_.workers = count;
-        workers_.reserve(count);
-        taking_ = std::make_unique<taking_slot[]>(count);
+    worker_pool(Ring& ring, dispatch_core& core, const void* store, std::size_t count,
+                bool ordered_by_key)
+        : ring_(ring)
+        , core_(core)
+        , store_(store)
+        , count_(count)
+        , state_(std::make_unique<worker_state[]>(count))
+        , eligible_(ring.mark()) {
+        if (ordered_by_key)
+            stripes_ = std::make_unique<stripe[]>(stripe_count);
+        threads_.reserve(count);
         try {
             for (std::size_t i = 0; i < count; ++i)
-                workers_.emplace_back([this, i] { work(i); });
+                threads_.emplace_back([this, i] { work(state_[i]); });
         } catch (...) {
-            stop_workers();
+            ring_.close();
+            let_finish();
+            join();
             throw;
         }
+    }
+    worker_pool(const worker_pool&) = delete;
+    worker_pool& operator=(const worker_pool&) = delete;
+    ~worker_pool() { join(); }
+
+    /// publish(): events before `mark` become eligible; one sleeping worker is woken.
+    void make_eligible(std::uint64_t mark) noexcept {
+        std::uint64_t current = eligible_.load(std::memory_order_relaxed);
+        while (static_cast<std::int64_t>(mark - current) > 0) {
+            // Seq_cst RMW, then the waiters' load: the eventcount's notifier step. It is also
+            // the release that lets workers see what the publisher did before (registrations).
+            if (eligible_.compare_exchange_weak(current, mark, std::memory_order_seq_cst,
+                                                std::memory_order_relaxed)) {
+                work_.notify_one_if_waiting();
+                return;
+            }
+        }
+    }
+
+    /// Waits until every event eligible now has been handled.
+    std::error_code drain(const context& ctx) {
+        const std::uint64_t target = eligible_.load(std::memory_order_seq_cst);
+        return retry_or_wait(idle_, ctx, [&]() noexcept {
+            // Head first, then the workers (see the class comment).
+            if (static_cast<std::int64_t>(ring_.consumed_mark() - target) < 0)
+                return attempt::busy;
+            for (std::size_t i = 0; i < count_; ++i) {
+                const std::uint64_t taking = state_[i].position.load(std::memory_order_seq_cst);
+                if (taking != no_position && static_cast<std::int64_t>(taking - target) < 0)
+                    return attempt::busy;
+            }
+            return attempt::ok;
+        });
+    }
+
+    /// After the ring was closed: its final tail becomes eligible, and workers exit once they
+    /// find nothing more before it.
+    void let_finish() noexcept {
+        make_eligible(ring_.mark());
+        closing_.store(true, std::memory_order_seq_cst);
+        work_.notify_all();
+    }
+
+    /// Waits until every worker has exited (after let_finish).
+    std::error_code wait_exited(const context& ctx) {
+        return retry_or_wait(idle_, ctx, [&]() noexcept {
+            return exited_.load(std::memory_order_seq_cst) == threads_.size() ? attempt::ok
+                                                                              : attempt::busy;
+        });
+    }
+
+    void join() noexcept {
+        for (auto& thread : threads_)
+            if (thread.joinable() && thread.get_id() != std::this_thread::get_id())
+                thread.join();
+    }
+
+    [[nodiscard]] std::size_t size() const noexcept { return count_; }
+
+    /// The workers' counters, summed.
+    [[nodiscard]] batch_counts counts() const noexcept {
+        batch_counts sum;
+        for (std::size_t i = 0; i < count_; ++i) {
+            sum.processed += state_[i].processed.load(std::memory_order_relaxed);
+            sum.errors += state_[i].errors.load(std::memory_order_relaxed);
+            sum.unhandled += state_[i].unhandled.load(std::memory_order_relaxed);
+        }
+        return sum;
+    }
+
+  private:
+    static constexpr std::uint64_t no_position = ~std::uint64_t{0};
+
+    // One worker's announcement and counters, on lines of their own (written every batch).
+    struct alignas(cache_line_size) worker_state {
+        std::atomic<std::uint64_t> position{no_position};
+        std::atomic<std::uint64_t> processed{0};
+        std::atomic<std::uint64_t> errors{0};
+        std::atomic<std::uint64_t> unhandled{0};
+
+        // Only this worker writes them: a load and a store, no shared RMW.
+        void add(const batch_counts& c) noexcept {
+            bump(processed, c.processed);
+            bump(errors, c.errors);
+            bump(unhandled, c.unhandled);
+        }
+        static void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+            if (n != 0)
+                counter.store(counter.load(std::memory_order_relaxed) + n,
+                              std::memory_order_relaxed);
+        }
+    };
+    static_assert(alignof(worker_state) == cache_line_size &&
+                      sizeof(worker_state) % cache_line_size == 0,
+                  "each worker's state has its own cache lines");
+
+    // A stripe of keys for ordered_by_key, guarded by pop_mutex_. While a worker owns it, other
+    // workers park its events here, in pop order, and go back to the ring; the owner handles
+    // them before letting go. So a key never runs twice at once and keeps FIFO, and no worker
+    // ever waits for another key's handler.
+    struct stripe {
+        bool owned = false;
+        std::deque<envelope> parked;
+    };
+    static constexpr std::size_t stripe_count = 64;
+
+    void work(worker_state& me) {
+        const dispatch_mark inside(store_);
+        const context never;
+        backoff idle;
+        handler_view view;
+        claimed_batch batch;
+        for (;;) {
+            stripe* lane = nullptr;
+            bool got = take(me, batch, lane);
+            if (!got) {
+                if (closing_.load(std::memory_order_seq_cst)) {
+                    // eligible_ already holds the closed ring's final tail: one more look.
+                    if (!take(me, batch, lane))
+                        break;
+                } else if (!idle.is_completed()) {
+                    idle.snooze();
+                    continue;
+                } else {
+                    view.release();  // keep no table copy while asleep
+                    const std::uint32_t key = work_.prepare_wait();
+                    got = take(me, batch, lane);
+                    if (!got && !closing_.load(std::memory_order_seq_cst))
+                        (void)work_.wait(key, never);
+                    work_.finish_wait();
+                    if (!got)
+                        continue;
+                }
+            }
+            idle = backoff{};
+            do {
+                core_.refresh(view);
+                batch_counts counts;
+                const completions done = core_.run(batch.events(), view, counts);
+                me.add(counts);
+                dispatch_core::complete(batch.events(), done);
+                batch.clear();  // the events die before drain() can see them finished
+                if (lane != nullptr) {
+                    if (std::optional<envelope> next = next_parked(*lane))
+                        batch.put(std::move(*next));
+                }
+            } while (!batch.events().empty());
+            release_taking(me);
+        }
+        view.release();
+        exited_.fetch_add(1, std::memory_order_seq_cst);
+        idle_.notify_if_waiting();
+    }
+
+    // A worker is done with what it took (the events are destroyed already).
+    void release_taking(worker_state& me) noexcept {
+        // Seq_cst RMW, then notify: drain re-checks the announcement with a seq_cst load.
+        me.position.exchange(no_position, std::memory_order_seq_cst);
+        idle_.notify_if_waiting();
+    }
+
+    // Claims the next eligible events into `batch`, announcing first a lower bound of their
+    // positions. Ordered mode: one event, `lane` its stripe, now owned by this worker; an event
+    // whose stripe another worker owns is parked there (the owner's announcement covers it).
+    bool take(worker_state& me, claimed_batch& batch, stripe*& lane) {
+        for (;;) {
+            me.position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
+            if (!stripes_) {
+                // A fair share of what is eligible, so that a slow handler holds up as few
+                // events as possible while other workers idle; a full batch under load.
+                const std::uint64_t limit = eligible_.load(std::memory_order_seq_cst);
+                const std::uint64_t share =
+                    Ring::distance(ring_.consumed_mark(), limit) / count_ + 1;
+                const std::size_t n = batch.take(
+                    ring_, limit, static_cast<std::size_t>(std::min<std::uint64_t>(share, 64)));
+                if (n == 0) {
+                    release_taking(me);
+                    return false;
+                }
+                if (n == claimed_batch::capacity)
+                    work_.notify_one_if_waiting();  // more may be waiting: wake a helper
+                return true;
+            }
+            std::optional<envelope> ev;
+            bool parked = false;
+            {
+                std::lock_guard lock(pop_mutex_);
+                ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
+                if (ev) {
+                    stripe& owner =
+                        stripes_[std::hash<key>{}(ev->content().projection()) % stripe_count];
+                    if (owner.owned) {
+                        owner.parked.push_back(std::move(*ev));
+                        ev.reset();
+                        parked = true;
+                    } else {
+                        owner.owned = true;
+                        lane = &owner;
+                    }
+                }
+            }
+            if (ev) {
+                batch.put(std::move(*ev));
+                return true;
+            }
+            release_taking(me);
+            if (!parked)
+                return false;
+        }
+    }
+
+    // Ordered mode: the next event parked on the stripe this worker owns, or none (and the
+    // stripe is let go).
+    std::optional<envelope> next_parked(stripe& lane) {
+        std::lock_guard lock(pop_mutex_);
+        std::optional<envelope> ev;
+        if (lane.parked.empty()) {
+            lane.owned = false;
+        } else {
+            ev.emplace(std::move(lane.parked.front()));
+            lane.parked.pop_front();
+        }
+        return ev;
+    }
+
+    Ring& ring_;
+    dispatch_core& core_;
+    const void* store_;
+    std::size_t count_;  // workers (threads_ is still filling while the first ones run)
+    std::unique_ptr<worker_state[]> state_;
+    alignas(cache_line_size) std::atomic<std::uint64_t> eligible_;  // publish()'s mark
+    std::atomic<bool> closing_{false};
+    std::atomic<std::size_t> exited_{0};
+    event_count work_;                   // idle workers sleep here
+    event_count idle_;                   // drain() and close() sleep here
+    std::mutex pop_mutex_;               // ordered_by_key only
+    std::unique_ptr<stripe[]> stripes_;  // ordered_by_key only
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace detail
+
+// timers //////////////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+/// One scheduled event, shared by its store's timer queue and its handle.
+struct timer_entry {
+    enum class state : std::uint8_t { pending, cancelled, fired };
+
+    timer_entry(const context& c, context::clock::time_point when, envelope&& e) noexcept
+        : ctx(c), due(when), ev(std::move(e)) {}
+
+    context ctx;
+    context::clock::time_point due;
+    envelope ev;                                // taken by the timer thread when due
+    std::atomic<state> status{state::pending};  // changed under the queue's mutex
+};
+
+/// A store's pending scheduled events, earliest first. Shared with the handles, so that a
+/// handle may be cancelled (and finds nothing to do) after its store is gone.
+struct timer_queue {
+    using entries = std::multimap<context::clock::time_point, std::shared_ptr<timer_entry>>;
+
+    /// Takes `entry` out of the queue if it is still pending: true if this call did.
+    bool cancel(const std::shared_ptr<timer_entry>& entry) {
+        std::lock_guard lock(mutex);
+        if (entry->status.load(std::memory_order_relaxed) != timer_entry::state::pending)
+            return false;
+        entry->status.store(timer_entry::state::cancelled, std::memory_order_release);
+        const auto [first, last] = pending.equal_range(entry->due);
+        for (auto it = first; it != last; ++it) {
+            if (it->second == entry) {
+                pending.erase(it);  // the caller still holds `entry`: nothing is freed here
+                break;
+            }
+        }
+        cancelled.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+
+    std::mutex mutex;
+    std::condition_variable wake;  // the timer thread sleeps here until the earliest due time
+    entries pending;
+    bool stopping = false;
+    std::atomic<std::uint64_t> scheduled{0};
+    std::atomic<std::uint64_t> cancelled{0};
+};
+
+}  // namespace detail
+
+namespace detail {
+template <class Store>
+class timer_service;
+}  // namespace detail
+
+/// What `event_store::schedule` returns: `cancel()` stops the event if it has not run yet.
+/// May outlive the store. Thread-safe.
+class timer_handle {
+  public:
+    timer_handle() noexcept = default;
+
+    /// Stops the event: true if this call did (it will never run); false if it is due already
+    /// (it ran, or was refused when due: see `store_metrics::cancelled`), was cancelled already
+    /// (by another cancel(), its context or the store's close()), or the handle is empty. Takes
+    /// the store's timer mutex briefly.
+    bool cancel() {
+        if (!entry_)
+            return false;
+        if (entry_->ctx.done()) {
+            (void)queue_->cancel(entry_);  // the context stopped it; just let it go early
+            return false;
+        }
+        return queue_->cancel(entry_);
+    }
+
+    /// True while the event is pending: neither run, nor cancelled, nor stopped by its context.
+    [[nodiscard]] explicit operator bool() const noexcept {
+        return entry_ &&
+               entry_->status.load(std::memory_order_acquire) ==
+                   detail::timer_entry::state::pending &&
+               !entry_->ctx.done();
+    }
+
+    /// Why the handle is empty when `schedule` returned it so: `{}` when the event was due
+    /// already and was published at once, else the error (`errc::closed`, the context's error,
+    /// or what subscribe returned).
+    [[nodiscard]] std::error_code error() const noexcept { return error_; }
+
+  private:
+    template <overflow_policy>
+    friend class event_store;
+    template <class>
+    friend class detail::timer_service;
+    timer_handle(std::shared_ptr<detail::timer_queue> queue,
+                 std::shared_ptr<detail::timer_entry> entry) noexcept
+        : queue_(std::move(queue)), entry_(std::move(entry)) {}
+    explicit timer_handle(std::error_code error) noexcept : error_(error) {}
+
+    std::shared_ptr<detail::timer_queue> queue_;
+    std::shared_ptr<detail::timer_entry> entry_;
+    std::error_code error_;
+};
+
+// timer thread ////////////////////////////////////////////////////////////////////////////////
+
+namespace detail {
+
+/// Scheduled events of one store: a queue shared with the handles and the thread that sleeps
+/// until the earliest due time, then enqueues and publishes what is due. Created by a store's
+/// first schedule() of a future time.
+template <class Store>
+class timer_service {
+  public:
+    explicit timer_service(Store& store) : store_(store) {}
+    timer_service(const timer_service&) = delete;
+    timer_service& operator=(const timer_service&) = delete;
+    ~timer_service() { join(); }
+
+    [[nodiscard]] const std::shared_ptr<timer_queue>& queue() const noexcept { return queue_; }
+
+    /// Adds `entry`, starting the thread if needed. Empty handle with `errc::closed` once stop()
+    /// ran. std::system_error if the thread cannot be started.
+    timer_handle add(std::shared_ptr<timer_entry> entry) {
+        timer_queue& q = *queue_;
+        std::lock_guard lock(q.mutex);
+        if (q.stopping)
+            return timer_handle(errc::closed);
+        if (!thread_.joinable()) {
+            running_.store(true, std::memory_order_seq_cst);
+            thread_ = std::thread([this] { run(); });
+        }
+        const bool earliest = q.pending.empty() || entry->due < q.pending.begin()->first;
+        q.pending.emplace(entry->due, entry);
+        q.scheduled.fetch_add(1, std::memory_order_relaxed);
+        if (earliest)
+            q.wake.notify_one();
+        return timer_handle(queue_, std::move(entry));
+    }
+
+    /// close(): cancels what is still pending; the thread then exits.
+    void stop() {
+        timer_queue::entries cancelled;
+        {
+            std::lock_guard lock(queue_->mutex);
+            queue_->stopping = true;
+            cancelled.swap(queue_->pending);
+            for (auto& [when, entry] : cancelled)
+                entry->status.store(timer_entry::state::cancelled, std::memory_order_release);
+            queue_->cancelled.fetch_add(cancelled.size(), std::memory_order_relaxed);
+        }
+        queue_->wake.notify_all();
+    }
+
+    /// After stop(): waits until the thread has finished its last batch (counters final).
+    std::error_code wait_stopped(const context& ctx) {
+        return retry_or_wait(stopped_, ctx, [&]() noexcept {
+            return running_.load(std::memory_order_seq_cst) ? attempt::busy : attempt::ok;
+        });
+    }
+
+    void join() noexcept {
+        if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id())
+            thread_.join();
+    }
+
+  private:
+    // Sleeps until the earliest due time (or a new earlier one, or stop), then takes every due
+    // entry out and enqueues it outside the mutex.
+    void run() {
+        timer_queue& q = *queue_;
+        std::vector<std::shared_ptr<timer_entry>> due;
+        std::unique_lock lock(q.mutex);
+        while (!q.stopping) {
+            if (q.pending.empty()) {
+                q.wake.wait(lock);
+                continue;
+            }
+            const auto now = context::clock::now();
+            if (q.pending.begin()->first > now) {
+                q.wake.wait_until(lock, q.pending.begin()->first);
+                continue;
+            }
+            while (!q.pending.empty() && q.pending.begin()->first <= now) {
+                auto entry = std::move(q.pending.begin()->second);
+                q.pending.erase(q.pending.begin());
+                entry->status.store(timer_entry::state::fired, std::memory_order_release);
+                due.push_back(std::move(entry));
+            }
+            lock.unlock();
+            bool enqueued = false;
+            for (const auto& entry : due) {
+                if (store_.enqueue_due(entry->ctx, std::move(entry->ev)))
+                    q.cancelled.fetch_add(1, std::memory_order_relaxed);
+                else
+                    enqueued = true;
+            }
+            if (enqueued)
+                store_.publish();
+            due.clear();  // events, and whatever they own, are freed outside the mutex
+            lock.lock();
+        }
+        lock.unlock();
+        // Seq_cst store, then notify: wait_stopped() uses the eventcount protocol.
+        running_.store(false, std::memory_order_seq_cst);
+        stopped_.notify_if_waiting();
+    }
+
+    Store& store_;
+    std::shared_ptr<timer_queue> queue_ = std::make_shared<timer_queue>();
+    std::thread thread_;
+    std::atomic<bool> running_{false};
+    event_count stopped_;
+};
+
+}  // namespace detail
+
+// event store /////////////////////////////////////////////////////////////////////////////////
+
+/// The bus: a ring of events, a dispatch core that runs handlers, and, only when needed, a
+/// worker pool (async mode) and a timer thread (first schedule of a future time).
+///
+/// Sync mode (default): `publish()` claims the events enqueued before it, batch by batch, and
+/// runs their handlers on the calling thread. Async mode (`store_options{.async = true}`):
+/// worker threads, started by the constructor, claim batches straight from the ring once a
+/// `publish()` has made them eligible.
+template <overflow_policy Policy = drop_oldest>
+class event_store {
+    using ring_type = ring_buffer<detail::envelope, Policy>;
+
+  public:
+    /// Throws `std::invalid_argument` for a capacity of 0, not a power of two, or too large. In
+    /// async mode starts the workers (std::system_error if a thread cannot be started).
+    /// Allocates the ring's slots (sync mode: nothing else, no thread).
+    event_store(eventbus::dispatcher& handlers, std::size_t capacity, store_options options = {})
+        : ring_(capacity, ring_options{.single_producer = options.single_producer})
+        , core_(handlers)
+        , options_(options) {
+        if (!options_.async)
+            return;
+        if (options_.workers == 0)
+            options_.workers = std::max<std::size_t>(1, std::thread::hardware_concurrency());
+        pool_ = std::make_unique<detail::worker_pool<ring_type>>(
+            ring_, core_, this, options_.workers, options_.ordered_by_key);
     }
 
     event_store(const event_store&) = delete;
@@ -1839,14 +3012,15 @@ class event_store {
 
     /// Closes, waiting until everything accepted has been handled, and joins the workers.
     /// Must not run on one of the store's own handler threads.
-    ~event_store() { stop_workers(); }
+    ~event_store() { shut_down(); }
 
     /// Enqueues `ev` under the store's policy: `{}`, `errc::buffer_full` (return_error),
     /// `errc::cancelled` / `errc::deadline_exceeded` (block, when `ctx` ends while waiting), or
-    /// `errc::closed`. Thread-safe, also from inside a handler; lock-free unless it has to sleep
-    /// (block); no allocation beyond what `ev` already owns.
+    /// `errc::closed`. Thread-safe (unless single_producer), also from inside a handler;
+    /// lock-free unless it has to sleep (block). Allocates one box for the event (its args are
+    /// moved into it, never copied); std::bad_alloc if that fails, with nothing enqueued.
     [[nodiscard]] std::error_code subscribe(const context& ctx, event ev) {
-        return ring_.emplace(ctx, std::move(ev));
+        return ring_.emplace(ctx, detail::envelope(std::move(ev)));
     }
 
     /// Enqueues a typed event: `subscribe(ctx, house_was_sold{"123 Main St", 500000})`. Its key
@@ -1867,16 +3041,15 @@ class event_store {
     /// Sync: dispatches, in FIFO order on the calling thread, every event enqueued before the
     /// call; events enqueued meanwhile (also by handlers) wait for the next publish(). With
     /// several threads publishing, each event is handled by exactly one of them.
-    /// Async: makes every event enqueued before the call eligible for the workers and returns
-    /// without waiting. Thread-safe, also from inside a handler; lock-free.
+    /// Async: makes every event enqueued before the call eligible for the workers, wakes one
+    /// sleeping worker, and returns without waiting. Thread-safe, also from inside a handler;
+    /// lock-free.
     void publish() {
-        if (options_.async) {
-            make_eligible(ring_.mark());
-        } else {
-            const std::uint64_t mark = ring_.mark();
-            if (ring_.consumed_mark() != mark)  // else nothing to dispatch: skip the set-up
-                dispatch_until(mark);
-        }
+        const std::uint64_t mark = ring_.mark();
+        if (pool_)
+            pool_->make_eligible(mark);
+        else if (ring_.consumed_mark() != mark)  // else nothing to dispatch: skip the set-up
+            dispatch_until(mark);
     }
 
     /// Waits until every event made eligible by a publish() that returned before this call has
@@ -1887,26 +3060,12 @@ class event_store {
     std::error_code drain(const context& ctx) {
         if (detail::inside_dispatch_of(this))
             return errc::would_deadlock;
-        if (!options_.async) {
-            return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
-                return (dispatching_.load(std::memory_order_seq_cst) & active_mask) == 0
-                           ? detail::attempt::ok
-                           : detail::attempt::busy;
-            });
-        }
-        const std::uint64_t target = eligible_.load(std::memory_order_seq_cst);
+        if (pool_)
+            return pool_->drain(ctx);
         return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
-            // Head first, then the workers: a worker announces a lower bound of the position it
-            // takes before its pop moves head (both seq_cst), so once head has passed `target`,
-            // any worker still holding an event before `target` shows a bound below it.
-            if (static_cast<std::int64_t>(ring_.consumed_mark() - target) < 0)
-                return detail::attempt::busy;
-            for (std::size_t i = 0; i < workers_.size(); ++i) {
-                const std::uint64_t taking = taking_[i].position.load(std::memory_order_seq_cst);
-                if (taking != no_position && static_cast<std::int64_t>(taking - target) < 0)
-                    return detail::attempt::busy;
-            }
-            return detail::attempt::ok;
+            return (dispatching_.load(std::memory_order_seq_cst) & active_mask) == 0
+                       ? detail::attempt::ok
+                       : detail::attempt::busy;
         });
     }
 
@@ -1920,8 +3079,8 @@ class event_store {
         stop_timers();
         ring_.close();
         if (ctx.done())
-            stop_.request_stop();  // tell handlers still to run that the closer has given up
-        if (!options_.async) {
+            core_.request_stop();  // tell handlers still to run that the closer has given up
+        if (!pool_) {
             dispatch_until(std::nullopt);
             if (detail::inside_dispatch_of(this))
                 return {};
@@ -1929,18 +3088,14 @@ class event_store {
                 return error;
             return wait_for_timers(ctx);
         }
-        let_workers_finish();
+        pool_->let_finish();
         if (detail::inside_dispatch_of(this))
             return {};
-        std::error_code error = detail::retry_or_wait(idle_, ctx, [&]() noexcept {
-            return exited_.load(std::memory_order_seq_cst) == workers_.size()
-                       ? detail::attempt::ok
-                       : detail::attempt::busy;
-        });
+        std::error_code error = pool_->wait_exited(ctx);
         if (!error)
             error = wait_for_timers(ctx);
         if (error)
-            stop_.request_stop();
+            core_.request_stop();
         return error;
     }
 
@@ -1955,8 +3110,10 @@ class event_store {
     /// (counted in `metrics().cancelled`), block publishes what is pending and waits for room.
     /// `ctx` ending before the due time cancels it (noticed, and counted, at the due time or at
     /// close; the entry is kept until then); `close()` cancels everything pending. An ended
-    /// `ctx`, or a closed store, gives an empty handle with that error. Thread-safe, also from a
-    /// handler; allocates (the entry; std::system_error if the thread cannot be started).
+    /// `ctx`, or a closed store, gives an empty handle with that error; a single_producer
+    /// store gives `errc::not_supported` for a future time (the timer thread would be a second
+    /// producer). Thread-safe, also from a handler; allocates (the entry; std::system_error if
+    /// the thread cannot be started).
     timer_handle schedule(const context& ctx, context::clock::time_point when, event ev) {
         return schedule_envelope(ctx, when, detail::envelope(std::move(ev)));
     }
@@ -2002,19 +3159,29 @@ class event_store {
 
     [[nodiscard]] bool is_closed() const noexcept { return ring_.is_closed(); }
 
-    /// Thread-safe; in sync mode counters may lag a dispatch in progress by its batch.
+    /// Thread-safe, lock-free: sums the per-thread counters. Counters may lag a batch still
+    /// being handled; at quiescence (after drain or close) they are exact.
     [[nodiscard]] store_metrics metrics() const noexcept {
         store_metrics m;
         m.published = ring_.accepted();
+        m.dropped = ring_.dropped();
         m.processed = processed_.load(std::memory_order_relaxed) +
                       leased_processed_.load(std::memory_order_relaxed);
         m.errors = errors_.load(std::memory_order_relaxed) +
                    leased_errors_.load(std::memory_order_relaxed);
-        m.dropped = ring_.dropped();
         m.unhandled = unhandled_.load(std::memory_order_relaxed) +
                       leased_unhandled_.load(std::memory_order_relaxed);
-        m.scheduled = timers_->scheduled.load(std::memory_order_relaxed);
-        m.cancelled = timers_->cancelled.load(std::memory_order_relaxed);
+        if (pool_) {
+            const detail::batch_counts workers = pool_->counts();
+            m.processed += workers.processed;
+            m.errors += workers.errors;
+            m.unhandled += workers.unhandled;
+        }
+        // Acquire: pairs with the release that published the timer service.
+        if (const auto* timers = timers_ready_.load(std::memory_order_acquire)) {
+            m.scheduled = timers->queue()->scheduled.load(std::memory_order_relaxed);
+            m.cancelled = timers->queue()->cancelled.load(std::memory_order_relaxed);
+        }
         return m;
     }
 
@@ -2024,201 +3191,125 @@ class event_store {
     /// or middleware fails the call like one from the handler; exceptions from after and error
     /// hooks are caught and discarded.
     void use(middleware m) {
-        hooks_.update([&](hook_set& h) { h.chain.push_back(std::move(m)); });
+        core_.change_hooks([&](detail::hook_set& h) { h.chain.push_back(std::move(m)); });
     }
     void on_before(before_hook h) {
-        hooks_.update([&](hook_set& set) { set.before.push_back(std::move(h)); });
+        core_.change_hooks([&](detail::hook_set& set) { set.before.push_back(std::move(h)); });
     }
     void on_after(after_hook h) {
-        hooks_.update([&](hook_set& set) { set.after.push_back(std::move(h)); });
+        core_.change_hooks([&](detail::hook_set& set) { set.after.push_back(std::move(h)); });
     }
     void on_error(error_hook h) {
-        hooks_.update([&](hook_set& set) { set.error.push_back(std::move(h)); });
+        core_.change_hooks([&](detail::hook_set& set) { set.error.push_back(std::move(h)); });
     }
 
     [[nodiscard]] std::size_t capacity() const noexcept { return ring_.capacity(); }
     [[nodiscard]] const store_options& options() const noexcept { return options_; }
-    [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return *dispatcher_; }
-
-    // transactions ----------------------------------------------------------------------------
-
-    /// Events published together: `commit` enqueues all of them as one contiguous run of the
-    /// ring, or none, and then waits until they have been handled. Handlers' side effects cannot
-    /// be undone: "atomic" means all-or-nothing in the ring, not a rollback of what handlers did.
-    /// One transaction is for one thread at a time; different transactions are independent.
-    /// Movable; the destructor rolls back.
-    class transaction {
-      public:
-        transaction(transaction&& other) noexcept
-            : store_(other.store_)
-            , events_(std::move(other.events_))
-            , open_(std::exchange(other.open_, false)) {}
-        transaction& operator=(transaction&& other) noexcept {
-            if (this != &other) {
-                store_ = other.store_;
-                events_ = std::move(other.events_);
-                open_ = std::exchange(other.open_, false);
-            }
-            return *this;
-        }
-        transaction(const transaction&) = delete;
-        transaction& operator=(const transaction&) = delete;
-        ~transaction() { (void)rollback(); }
-
-        /// Buffers `ev`; nothing reaches the ring. `errc::finished` after commit or rollback.
-        /// Allocates (the buffer grows).
-        std::error_code publish(event ev) {
-            if (!open_)
-                return errc::finished;
-            events_.emplace_back(std::move(ev));
-            return {};
-        }
-
-        /// Buffers a typed event (as `event_store::subscribe` takes them).
-        template <typed_event T>
-        std::error_code publish(T&& value) {
-            if (!open_)
-                return errc::finished;
-            events_.emplace_back(std::in_place_type<std::remove_cvref_t<T>>,
-                                 std::forward<T>(value));
-            return {};
-        }
-
-        /// Enqueues every buffered event as one contiguous run under the store's policy, or
-        /// none: `errc::exceeds_capacity` (more events than the capacity), `errc::buffer_full`
-        /// (return_error: too little room now), the context's error (block: it ended while
-        /// waiting for room) or `errc::closed`. After such a failure nothing was enqueued and the
-        /// transaction stays open (commit may be retried, or rolled back). Under drop_oldest the
-        /// oldest events of the ring make room, counted as dropped.
-        ///
-        /// Once enqueued, the transaction is finished, and commit sees its events handled:
-        /// sync mode publishes on the calling thread (older pending events go first, as in
-        /// GoEventBus); async mode publishes and waits for the transaction's own events only.
-        /// Then it returns `errc::handler_failed` if a handler of one of them threw (the other
-        /// events and handlers still run, and the error hooks see the exception),
-        /// `errc::dropped` if drop_oldest overwrote one of them before it was handled, or `ctx`'s
-        /// error if it ends before they are all handled (they are still handled later).
-        /// In async mode, called from inside one of the store's handlers it would wait for its
-        /// own thread: it returns `errc::would_deadlock` and enqueues nothing.
-        /// `errc::finished` if committed or rolled back already. Allocates (a completion record).
-        std::error_code commit(const context& ctx) {
-            if (!open_)
-                return errc::finished;
-            if (events_.empty()) {
-                open_ = false;
-                return {};
-            }
-            if (store_->options_.async && detail::inside_dispatch_of(store_))
-                return errc::would_deadlock;
-            auto record = std::make_shared<detail::tx_record>(events_.size());
-            for (detail::envelope& env : events_)
-                env.attach(record);
-            if (const std::error_code error = store_->ring_.push_n(ctx, events_)) {
-                for (detail::envelope& env : events_)
-                    env.detach();
-                return error;
-            }
-            events_.clear();  // moved-from envelopes
-            open_ = false;
-            store_->publish();
-            if (const std::error_code error =
-                    detail::retry_or_wait(record->done, ctx, [&]() noexcept {
-                        return record->remaining.load(std::memory_order_seq_cst) == 0
-                                   ? detail::attempt::ok
-                                   : detail::attempt::busy;
-                    }))
-                return error;
-            if (record->dropped.load(std::memory_order_relaxed))
-                return errc::dropped;
-            if (record->failed.load(std::memory_order_relaxed))
-                return errc::handler_failed;
-            return {};
-        }
-
-        /// Discards the buffered events; touches nothing else. `errc::finished` if committed or
-        /// rolled back already.
-        std::error_code rollback() noexcept {
-            if (!open_)
-                return errc::finished;
-            open_ = false;
-            events_.clear();
-            return {};
-        }
-
-        /// Events buffered and not yet committed.
-        [[nodiscard]] std::size_t size() const noexcept { return events_.size(); }
-        /// True until committed or rolled back.
-        [[nodiscard]] bool is_open() const noexcept { return open_; }
-
-      private:
-        friend class event_store;
-        explicit transaction(event_store& store) noexcept : store_(&store) {}
-
-        event_store* store_;
-        std::vector<detail::envelope> events_;
-        bool open_ = true;
-    };
+    [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return core_.dispatcher(); }
 
   private:
-    struct hook_set {
-        std::vector<middleware> chain;
-        std::vector<before_hook> before;
-        std::vector<after_hook> after;
-        std::vector<error_hook> error;
+    friend class detail::timer_service<event_store>;
 
-        [[nodiscard]] bool empty() const noexcept {
-            return chain.empty() && before.empty() && after.empty() && error.empty();
-        }
-    };
-
-    struct batch_counts {
-        std::uint64_t processed = 0;
-        std::uint64_t errors = 0;
-        std::uint64_t unhandled = 0;
-    };
-
-    // Marks this thread as dispatching this store (sync: counted in dispatching_ for drain).
+    // Sync mode: marks this thread as dispatching this store, counted in dispatching_ for
+    // drain(). One seq_cst CAS counts the thread in and, if nobody holds it, takes the lease on
+    // the store's cached handler view and counters (see dispatch_until).
     class dispatch_scope {
       public:
-        explicit dispatch_scope(event_store& s) noexcept
-            : store_(s), frame_{&s, detail::dispatch_frames} {
-            if (!store_.options_.async) {
-                // One seq_cst CAS counts this thread in and, if nobody holds it, takes the lease
-                // on the store's cached handler view (see dispatch_until).
-                std::uint64_t now = store_.dispatching_.load(std::memory_order_relaxed);
-                std::uint64_t next;
-                do {
-                    leased_ = (now & lease_bit) == 0;
-                    next = now + 1 + (leased_ ? lease_bit : 0);
-                } while (!store_.dispatching_.compare_exchange_weak(
-                    now, next, std::memory_order_seq_cst, std::memory_order_relaxed));
-            }
-            detail::dispatch_frames = &frame_;
+        explicit dispatch_scope(event_store& s) noexcept : store_(s), inside_(&s) {
+            std::uint64_t now = store_.dispatching_.load(std::memory_order_relaxed);
+            std::uint64_t next;
+            do {
+                leased_ = (now & lease_bit) == 0;
+                next = now + 1 + (leased_ ? lease_bit : 0);
+            } while (!store_.dispatching_.compare_exchange_weak(
+                now, next, std::memory_order_seq_cst, std::memory_order_relaxed));
         }
         /// Whether this thread holds the lease on the store's cached view and lease counters.
         [[nodiscard]] bool leased() const noexcept { return leased_; }
         dispatch_scope(const dispatch_scope&) = delete;
         dispatch_scope& operator=(const dispatch_scope&) = delete;
         ~dispatch_scope() {
-            detail::dispatch_frames = frame_.outer;
-            if (!store_.options_.async) {
-                // One seq_cst RMW leaves the active count and enters the notifying count, then
-                // notify: the eventcount protocol (drain re-checks seq_cst). The notifying count
-                // covers the notify: a close() that sees no one active may let the destructor
-                // run, which waits for the notifiers before freeing the store.
-                // Releasing the lease in the same RMW publishes the view and lease counters.
-                store_.dispatching_.fetch_add(notifying_one - 1 - (leased_ ? lease_bit : 0),
-                                              std::memory_order_seq_cst);
-                store_.idle_.notify_if_waiting();
-                store_.dispatching_.fetch_sub(notifying_one, std::memory_order_release);
-            }
+            // One seq_cst RMW leaves the active count and enters the notifying count, then
+            // notify: the eventcount protocol (drain re-checks seq_cst). The notifying count
+            // covers the notify: a close() that sees no one active may let the destructor run,
+            // which waits for the notifiers before freeing the store. Releasing the lease in
+            // the same RMW publishes the view and lease counters.
+            store_.dispatching_.fetch_add(notifying_one - 1 - (leased_ ? lease_bit : 0),
+                                          std::memory_order_seq_cst);
+            store_.idle_.notify_if_waiting();
+            store_.dispatching_.fetch_sub(notifying_one, std::memory_order_release);
         }
 
       private:
         event_store& store_;
-        detail::dispatch_frame frame_;
+        detail::dispatch_mark inside_;
         bool leased_ = false;
     };
+
+    // Sync mode: handles every event before `mark` (all, when none is given: close()), batch by
+    // batch, each claimed with one compare-and-swap.
+    void dispatch_until(std::optional<std::uint64_t> mark) {
+        const dispatch_scope scope(*this);
+        // One publishing thread at a time (the lease holder) uses the store's cached copies of
+        // the table and the hooks, re-read only when their version changed, and its own
+        // counters; the others, and nested publishes, read their own copies.
+        detail::handler_view own;
+        detail::handler_view& view = scope.leased() ? view_ : own;
+        core_.refresh(view);
+        detail::batch_counts counts;
+        detail::claimed_batch batch;
+        const std::uint64_t limit = mark ? *mark : ring_.mark();
+        while (batch.take(ring_, limit) != 0) {
+            const detail::completions done = core_.run(batch.events(), view, counts);
+            if (done.any) {
+                add(counts, scope.leased());  // a committer that returns sees them counted
+                counts = {};
+                detail::dispatch_core::complete(batch.events(), done);
+            }
+            batch.clear();  // the events die here, before the next batch is taken
+        }
+        add(counts, scope.leased());
+        if (scope.leased() && !view.permanent)
+            view.release();  // it may hold removable handlers: keep nothing while idle
+    }
+
+    void add(const detail::batch_counts& counts, bool leased) noexcept {
+        if (leased) {
+            // Only the lease holder writes these: a load and a store, no shared RMW.
+            const auto bump = [](std::atomic<std::uint64_t>& counter, std::uint64_t n) {
+                if (n)
+                    counter.store(counter.load(std::memory_order_relaxed) + n,
+                                  std::memory_order_relaxed);
+            };
+            bump(leased_processed_, counts.processed);
+            bump(leased_errors_, counts.errors);
+            bump(leased_unhandled_, counts.unhandled);
+            return;
+        }
+        if (counts.processed)
+            processed_.fetch_add(counts.processed, std::memory_order_relaxed);
+        if (counts.errors)
+            errors_.fetch_add(counts.errors, std::memory_order_relaxed);
+        if (counts.unhandled)
+            unhandled_.fetch_add(counts.unhandled, std::memory_order_relaxed);
+    }
+
+    void shut_down() noexcept {
+        if (!pool_) {
+            (void)close(context{});
+            join_timers();
+            // Threads that finished dispatching may still be notifying: wait for them (a few
+            // instructions) before the store's memory goes.
+            while ((dispatching_.load(std::memory_order_seq_cst) >> 32) != 0)
+                std::this_thread::yield();
+            return;
+        }
+        stop_timers();
+        ring_.close();  // also wakes a timer thread waiting for room
+        pool_->let_finish();
+        pool_->join();
+        join_timers();
+    }
 
     template <class Rep, class Period>
     static context::clock::time_point due_after(std::chrono::duration<Rep, Period> delay) {
@@ -2241,484 +3332,204 @@ class event_store {
                 publish();
             return timer_handle(error);
         }
+        if (options_.single_producer)
+            return timer_handle(errc::not_supported);
         auto entry = std::make_shared<detail::timer_entry>(ctx, when, std::move(env));
-        detail::timer_queue& q = *timers_;
-        {
-            std::lock_guard lock(q.mutex);
-            if (q.stopping || ring_.is_closed())
-                return timer_handle(errc::closed);
-            if (!timer_thread_.joinable()) {
-                timer_running_.store(true, std::memory_order_seq_cst);
-                timer_thread_ = std::thread([this] { run_timers(); });
-            }
-            const bool earliest = q.pending.empty() || when < q.pending.begin()->first;
-            q.pending.emplace(when, entry);
-            q.scheduled.fetch_add(1, std::memory_order_relaxed);
-            if (earliest)
-                q.wake.notify_one();
+        std::lock_guard lock(timers_mutex_);
+        if (timers_stopped_ || ring_.is_closed())
+            return timer_handle(errc::closed);
+        if (!timers_) {
+            timers_ = std::make_unique<detail::timer_service<event_store>>(*this);
+            timers_ready_.store(timers_.get(), std::memory_order_release);
         }
-        return timer_handle(timers_, std::move(entry));
+        return timers_->add(std::move(entry));
     }
 
-    // The timer thread: sleeps until the earliest due time (or a new earlier one, or close),
-    // then takes every due entry out and publishes it outside the mutex.
-    void run_timers() {
-        detail::timer_queue& q = *timers_;
-        std::vector<std::shared_ptr<detail::timer_entry>> due;
-        std::unique_lock lock(q.mutex);
-        while (!q.stopping) {
-            if (q.pending.empty()) {
-                q.wake.wait(lock);
-                continue;
-            }
-            const auto now = context::clock::now();
-            if (q.pending.begin()->first > now) {
-                q.wake.wait_until(lock, q.pending.begin()->first);
-                continue;
-            }
-            while (!q.pending.empty() && q.pending.begin()->first <= now) {
-                auto entry = std::move(q.pending.begin()->second);
-                q.pending.erase(q.pending.begin());
-                entry->status.store(detail::timer_entry::state::fired, std::memory_order_release);
-                due.push_back(std::move(entry));
-            }
-            lock.unlock();
-            bool enqueued = false;
-            for (const auto& entry : due) {
-                std::error_code error = entry->ctx.err();
-                if (!error)
-                    error = ring_.try_emplace(std::move(entry->ev));
-                if (error == errc::buffer_full && std::same_as<Policy, block>) {
-                    // Publish what is pending first (sync: dispatch it here), so that a ring
-                    // full of unpublished events, this batch's among them, can make room.
-                    publish();
-                    error = ring_.emplace(entry->ctx, std::move(entry->ev));
-                }
-                if (error)
-                    q.cancelled.fetch_add(1, std::memory_order_relaxed);
-                else
-                    enqueued = true;
-            }
-            if (enqueued)
-                publish();
-            due.clear();  // events, and whatever they own, are freed outside the mutex
-            lock.lock();
+    // The timer thread, for a due event: enqueue it (block: publishing what is pending first if
+    // the ring is full, so that a ring full of unpublished events can make room).
+    std::error_code enqueue_due(const context& ctx, detail::envelope&& ev) {
+        std::error_code error = ctx.err();
+        if (!error)
+            error = ring_.try_emplace(std::move(ev));
+        if (error == errc::buffer_full && std::same_as<Policy, block>) {
+            publish();
+            error = ring_.emplace(ctx, std::move(ev));
         }
-        lock.unlock();
-        // Seq_cst store, then notify: close() waits for this with the eventcount protocol.
-        timer_running_.store(false, std::memory_order_seq_cst);
-        idle_.notify_if_waiting();
+        return error;
+    }
+
+    // close(): cancels what is still pending; the timer thread then exits.
+    void stop_timers() {
+        std::lock_guard lock(timers_mutex_);
+        timers_stopped_ = true;
+        if (timers_)
+            timers_->stop();
     }
 
     // close(), after stop_timers() and closing the ring: waits until the timer thread has
     // finished its last batch, so that the counters are final.
     std::error_code wait_for_timers(const context& ctx) {
-        return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
-            return timer_running_.load(std::memory_order_seq_cst) ? detail::attempt::busy
-                                                                  : detail::attempt::ok;
-        });
-    }
-
-    // close(): cancels what is still pending; the timer thread then exits.
-    void stop_timers() {
-        detail::timer_queue::entries cancelled;
-        {
-            std::lock_guard lock(timers_->mutex);
-            timers_->stopping = true;
-            cancelled.swap(timers_->pending);
-            for (auto& [when, entry] : cancelled)
-                entry->status.store(detail::timer_entry::state::cancelled,
-                                    std::memory_order_release);
-            timers_->cancelled.fetch_add(cancelled.size(), std::memory_order_relaxed);
-        }
-        timers_->wake.notify_all();
+        auto* timers = timers_ready_.load(std::memory_order_acquire);
+        return timers != nullptr ? timers->wait_stopped(ctx) : std::error_code();
     }
 
     void join_timers() noexcept {
-        if (timer_thread_.joinable() && timer_thread_.get_id() != std::this_thread::get_id())
-            timer_thread_.join();
+        if (auto* timers = timers_ready_.load(std::memory_order_acquire))
+            timers->join();
     }
 
-    // A stripe of keys for ordered_by_key, guarded by pop_mutex_. While a worker owns it, other
-    // workers park its events here, in pop order, and go back to the ring; the owner handles
-    // them before letting go. So a key never runs twice at once and keeps FIFO, and no worker
-    // ever waits for another key's handler.
-    struct stripe {
-        bool owned = false;
-        std::deque<detail::envelope> parked;
-    };
-    static constexpr std::size_t stripe_count = 64;
-
-    void make_eligible(std::uint64_t mark) noexcept {
-        // Always a seq_cst RMW, even when `mark` is not newer: it is this publish()'s release to
-        // the workers (what the caller did before, e.g. registering a handler, is seen by them)
-        // and the eventcount protocol's notifier step.
-        std::uint64_t current = eligible_.load(std::memory_order_relaxed);
-        while (!eligible_.compare_exchange_weak(
-            current, static_cast<std::int64_t>(mark - current) > 0 ? mark : current,
-            std::memory_order_seq_cst, std::memory_order_relaxed)) {
-        }
-        work_.notify_if_waiting();
-    }
-
-    // A worker is done with what it took (the event is destroyed already): drain() may go on.
-    void release_taking(std::size_t worker) noexcept {
-        // Seq_cst RMW, then notify: drain re-checks the slot with a seq_cst load.
-        taking_[worker].position.exchange(no_position, std::memory_order_seq_cst);
-        idle_.notify_if_waiting();
-    }
-
-    // Takes the next eligible event for this worker, announcing first a lower bound of its
-    // position (see drain). Ordered mode: `lane` is the event's stripe, now owned by this worker;
-    // an event whose stripe is owned by another worker is parked there (the owner's announced
-    // bound still covers it) and the next one is taken.
-    std::optional<detail::envelope> take(std::size_t worker, stripe*& lane) {
-        for (;;) {
-            taking_[worker].position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
-            std::optional<detail::envelope> ev;
-            bool parked = false;
-            if (options_.ordered_by_key) {
-                std::lock_guard lock(pop_mutex_);
-                ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
-                if (ev) {
-                    stripe& owner = stripes_[std::hash<key>{}(ev->projection()) % stripe_count];
-                    if (owner.owned) {
-                        owner.parked.push_back(std::move(*ev));
-                        ev.reset();
-                        parked = true;
-                    } else {
-                        owner.owned = true;
-                        lane = &owner;
-                    }
-                }
-            } else {
-                ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
-            }
-            if (ev)
-                return ev;
-            release_taking(worker);
-            if (!parked)
-                return ev;
-        }
-    }
-
-    // Ordered mode: the next event parked on the stripe this worker owns, or none (and the
-    // stripe is let go).
-    std::optional<detail::envelope> next_parked(stripe& lane) {
-        std::lock_guard lock(pop_mutex_);
-        std::optional<detail::envelope> ev;
-        if (lane.parked.empty()) {
-            lane.owned = false;
-        } else {
-            ev.emplace(std::move(lane.parked.front()));
-            lane.parked.pop_front();
-        }
-        return ev;
-    }
-
-    // A worker keeps its copies of the handler table and the hooks across events while they
-    // are current (taking them per event would cost shared read-modify-writes), and drops them
-    // before it sleeps so that old copies can be freed.
-    struct handler_view {
-        using handler_list = dispatcher::table::mapped_type;
-
-        std::shared_ptr<const dispatcher::table> table;
-        std::shared_ptr<const hook_set> hooks;
-        std::uint64_t table_version = 0;
-        std::uint64_t hooks_version = 0;
-        // The handlers of the last typed event's type (nullptr: none): a run of events of one
-        // type skips the hash lookup.
-        const void* last_type = nullptr;
-        const handler_list* last_handlers = nullptr;
-        // Whether every handler in `table` is permanent (no registration handle left, so it can
-        // never be removed): only then may the copy be kept while idle, since keeping it can
-        // then never prolong the life of a removed handler.
-        bool permanent = false;
-
-        [[nodiscard]] const handler_list* handlers_of(const detail::envelope& env) noexcept {
-            const void* type = env.type();
-            if (type != nullptr && type == last_type)
-                return last_handlers;
-            const auto found = table->find(env.projection());
-            const handler_list* list =
-                found == table->end() || found->second.empty() ? nullptr : &found->second;
-            if (type != nullptr) {
-                last_type = type;
-                last_handlers = list;
-            }
-            return list;
-        }
-
-        // The event was made eligible by a publish() that every registration before it
-        // happened-before (publish's seq_cst CAS, our seq_cst load of eligible_), so reading
-        // the versions after taking it sees those registrations. Version first, then the copy:
-        // the copy is at least as new as the version.
-        void refresh(const eventbus::dispatcher& handlers, const detail::snapshot<hook_set>& h) {
-            if (const auto v = handlers.version(); !table || v != table_version) {
-                table_version = v;
-                table = handlers.handlers();
-                last_type = nullptr;
-                permanent = std::ranges::all_of(*table, [](const auto& by_key) {
-                    return std::ranges::none_of(by_key.second,
-                                                [](const auto& e) { return e->removable(); });
-                });
-            }
-            if (const auto v = h.version(); !hooks || v != hooks_version) {
-                hooks_version = v;
-                hooks = h.read();
-            }
-        }
-        void release() noexcept {
-            table.reset();
-            hooks.reset();
-            last_type = nullptr;
-        }
-    };
-
-    void work(std::size_t worker) {
-        dispatch_scope scope(*this);
-        const context never;
-        detail::backoff idle;
-        handler_view view;
-        for (;;) {
-            stripe* lane = nullptr;
-            std::optional<detail::envelope> ev = take(worker, lane);
-            if (!ev) {
-                if (closing_.load(std::memory_order_seq_cst)) {
-                    // eligible_ already holds the closed ring's final tail: one more look.
-                    ev = take(worker, lane);
-                    if (!ev)
-                        break;
-                } else if (!idle.is_completed()) {
-                    idle.snooze();
-                    continue;
-                } else {
-                    view.release();
-                    const std::uint32_t key = work_.prepare_wait();
-                    ev = take(worker, lane);
-                    if (!ev && !closing_.load(std::memory_order_seq_cst))
-                        (void)work_.wait(key, never);
-                    work_.finish_wait();
-                    if (!ev)
-                        continue;
-                }
-            }
-            idle = detail::backoff{};
-            do {
-                view.refresh(*dispatcher_, hooks_);
-                batch_counts counts;
-                dispatch(*ev, view, counts);
-                add(counts);
-                ev.reset();  // the event's args die before drain() can see it finished
-                if (lane != nullptr)
-                    ev = next_parked(*lane);
-            } while (ev);
-            release_taking(worker);
-        }
-        view.release();
-        exited_.fetch_add(1, std::memory_order_seq_cst);
-        idle_.notify_if_waiting();
-    }
-
-    // Async, after ring_.close(): the closed ring's final tail becomes eligible, and workers
-    // exit once they find nothing more before it.
-    void let_workers_finish() noexcept {
-        make_eligible(ring_.mark());
-        closing_.store(true, std::memory_order_seq_cst);
-        work_.notify_all();
-    }
-
-    void stop_workers() noexcept {
-        if (!options_.async) {
-            (void)close(context{});
-            join_timers();
-            // Threads that finished dispatching may still be notifying: wait for them (a few
-            // instructions) before the store's memory goes.
-            while ((dispatching_.load(std::memory_order_seq_cst) >> 32) != 0)
-                std::this_thread::yield();
-            return;
-        }
-        stop_timers();
-        ring_.close();  // also wakes a timer thread waiting for room
-        let_workers_finish();
-        for (auto& worker : workers_)
-            if (worker.joinable())
-                worker.join();
-        join_timers();
-    }
-
-    void add(const batch_counts& counts, bool leased = false) noexcept {
-        if (leased) {
-            // Only the lease holder writes these: a load and a store, no shared RMW.
-            const auto bump = [](std::atomic<std::uint64_t>& counter, std::uint64_t n) {
-                if (n)
-                    counter.store(counter.load(std::memory_order_relaxed) + n,
-                                  std::memory_order_relaxed);
-            };
-            bump(leased_processed_, counts.processed);
-            bump(leased_errors_, counts.errors);
-            bump(leased_unhandled_, counts.unhandled);
-            return;
-        }
-        if (counts.processed)
-            processed_.fetch_add(counts.processed, std::memory_order_relaxed);
-        if (counts.errors)
-            errors_.fetch_add(counts.errors, std::memory_order_relaxed);
-        if (counts.unhandled)
-            unhandled_.fetch_add(counts.unhandled, std::memory_order_relaxed);
-    }
-
-    void dispatch_until(std::optional<std::uint64_t> mark) {
-        dispatch_scope scope(*this);
-        // One publishing thread at a time (the lease holder) uses the store's cached copies of
-        // the table and the hooks, re-read only when their version changed, and its own
-        // counters; the others, and nested publishes, read their own copies, which costs a few
-        // shared read-modify-writes.
-        handler_view own;
-        handler_view& view = scope.leased() ? view_ : own;
-        view.refresh(*dispatcher_, hooks_);
-        batch_counts counts;
-        detail::envelope ev;  // reused: each popped event is moved into it
-        while (mark ? ring_.try_pop_before(*mark, ev) : ring_.try_pop(ev)) {
-            dispatch(ev, view, counts);
-            ev = detail::envelope();  // the event dies here, before the next one is taken
-        }
-        add(counts, scope.leased());
-        if (scope.leased() && !view.permanent)
-            view.release();  // it may hold removable handlers: keep nothing while idle
-    }
-
-    void dispatch(detail::envelope& env, handler_view& view, batch_counts& counts) {
-        const hook_set& hooks = *view.hooks;
-        const typename handler_view::handler_list* handlers = view.handlers_of(env);
-        if (handlers == nullptr) {
-            ++counts.unhandled;
-            env.complete(false);
-            return;
-        }
-        const std::uint64_t errors_before = counts.errors;
-        if (env.type() == nullptr) {
-            const auto* ev = static_cast<const event*>(env.payload());
-            for (const auto& target : *handlers)
-                call_one(*target, env, ev, hooks, counts);
-        } else if (hooks.empty()) {
-            for (const auto& target : *handlers)
-                call_one(*target, env, nullptr, hooks, counts);
-        } else {
-            // Hooks and middleware see a stand-in for a typed event, with its key only (it
-            // allocates nothing).
-            const event stand_in{.id = {}, .projection = env.projection(), .args = {}};
-            for (const auto& target : *handlers)
-                call_one(*target, env, &stand_in, hooks, counts);
-        }
-        env.complete(counts.errors != errors_before);
-    }
-
-    void call_one(detail::handler_entry& target, const detail::envelope& env, const event* ev,
-                  const hook_set& hooks, batch_counts& counts) {
-        if (!target.removable()) {
-            // No handle left: nobody can remove it now or later, so no accounting is needed.
-            if (!target.removed.load(std::memory_order_relaxed))
-                run_one(target, env, ev, hooks, counts);
-            return;
-        }
-        // Seq_cst: pairs with dispatcher::remove (set `removed`, then read the count).
-        target.calls.fetch_add(1, std::memory_order_seq_cst);
-        struct release_call {
-            detail::handler_entry& target;
-            ~release_call() {
-                target.calls.fetch_sub(1, std::memory_order_seq_cst);
-                if (target.removed.load(std::memory_order_seq_cst))
-                    target.calls.notify_all();
-            }
-        } release{target};
-        if (target.removed.load(std::memory_order_seq_cst))
-            return;
-
-        const detail::active_call frame{&target, detail::active_calls};
-        detail::active_calls = &frame;
-        struct pop_frame {
-            const detail::active_call* outer;
-            ~pop_frame() { detail::active_calls = outer; }
-        } restore{frame.outer};
-        run_one(target, env, ev, hooks, counts);
-    }
-
-    // One handler call with its hooks; exceptions are counted and reported, never thrown.
-    void run_one(const detail::handler_entry& target, const detail::envelope& env, const event* ev,
-                 const hook_set& hooks, batch_counts& counts) {
-        result outcome;
-        std::exception_ptr error;
-        try {
-            if (hooks.empty()) {
-                // The hot path: straight to the handler; no after hook wants the result.
-                (void)target.call(handler_ctx_, env.type(),
-                                  env.type() != nullptr ? env.payload() : &ev->args);
-            } else {
-                for (const auto& hook : hooks.before)
-                    hook(handler_ctx_, *ev);
-                outcome = next_handler(hooks.chain, 0, target, env)(handler_ctx_, *ev);
-            }
-        } catch (...) {
-            error = std::current_exception();
-        }
-        ++counts.processed;
-        if (error)
-            ++counts.errors;
-        for (const auto& hook : hooks.after) {
-            try {
-                hook(handler_ctx_, *ev, outcome, error);
-            } catch (...) {
-            }
-        }
-        if (error) {
-            for (const auto& hook : hooks.error) {
-                try {
-                    hook(handler_ctx_, *ev, error);
-                } catch (...) {
-                }
-            }
-        }
-    }
-
-    eventbus::dispatcher* dispatcher_;
-    ring_buffer<detail::envelope, Policy> ring_;
+    ring_type ring_;
+    detail::dispatch_core core_;
     store_options options_;
-    std::stop_source stop_;  // handlers' context: stopped by a close() whose context ended
-    context handler_ctx_;
-    detail::snapshot<hook_set> hooks_;
-    alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
-    std::atomic<std::uint64_t> errors_{0};
-    std::atomic<std::uint64_t> unhandled_{0};
+    std::unique_ptr<detail::worker_pool<ring_type>> pool_;  // async mode only
     // Sync: low 31 bits, threads inside a dispatch; bit 31, the lease on view_ and the leased
     // counters; high 32 bits, threads leaving a dispatch that are still notifying.
     alignas(cache_line_size) std::atomic<std::uint64_t> dispatching_{0};
     static constexpr std::uint64_t notifying_one = std::uint64_t{1} << 32;
     static constexpr std::uint64_t lease_bit = std::uint64_t{1} << 31;
     static constexpr std::uint64_t active_mask = lease_bit - 1;
-    // Async: per worker, a lower bound of the position it is taking or handling.
-    struct alignas(cache_line_size) taking_slot {
-        std::atomic<std::uint64_t> position{no_position};
-    };
-    static constexpr std::uint64_t no_position = ~std::uint64_t{0};
-    std::unique_ptr<taking_slot[]> taking_;
-    alignas(cache_line_size) std::atomic<std::uint64_t> eligible_;  // async: publish()'s mark
-    std::atomic<bool> closing_{false};
-    std::atomic<std::size_t> exited_{0};
-    detail::event_count work_;  // idle workers sleep here
-    detail::event_count idle_;  // drain() and close() sleep here
-    std::mutex pop_mutex_;      // ordered_by_key only
-    std::array<stripe, stripe_count> stripes_{};
-    std::vector<std::jthread> workers_;
-    std::shared_ptr<detail::timer_queue> timers_ = std::make_shared<detail::timer_queue>();
-    std::thread timer_thread_;  // started by the first schedule(), joined by the destructor
-    std::atomic<bool> timer_running_{false};
+    detail::event_count idle_;  // sync drain() sleeps here
+    // Sync: dispatchers without the lease add their counts here (one RMW per batch).
+    alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
+    std::atomic<std::uint64_t> errors_{0};
+    std::atomic<std::uint64_t> unhandled_{0};
     // Sync: the lease holder's copies of the table and hooks, kept between publishes, and its
     // counters (added to the shared ones by metrics()).
-    alignas(cache_line_size) handler_view view_;
+    alignas(cache_line_size) detail::handler_view view_;
     std::atomic<std::uint64_t> leased_processed_{0};
     std::atomic<std::uint64_t> leased_errors_{0};
     std::atomic<std::uint64_t> leased_unhandled_{0};
+    // The timer thread, created by the first schedule() of a future time.
+    std::mutex timers_mutex_;
+    bool timers_stopped_ = false;  // guarded by timers_mutex_
+    std::unique_ptr<detail::timer_service<event_store>> timers_;
+    std::atomic<detail::timer_service<event_store>*> timers_ready_{nullptr};
+};
+
+// transactions ////////////////////////////////////////////////////////////////////////////////
+
+/// Events published together: `commit` enqueues all of them as one contiguous run of the ring,
+/// or none, and then waits until they have been handled. Handlers' side effects cannot be
+/// undone: "atomic" means all-or-nothing in the ring, not a rollback of what handlers did. One
+/// transaction is for one thread at a time; different transactions are independent. Movable;
+/// the destructor rolls back.
+template <overflow_policy Policy>
+class event_store<Policy>::transaction {
+  public:
+    transaction(transaction&& other) noexcept
+        : store_(other.store_)
+        , events_(std::move(other.events_))
+        , record_(std::move(other.record_))
+        , open_(std::exchange(other.open_, false)) {}
+    transaction& operator=(transaction&& other) noexcept {
+        if (this != &other) {
+            store_ = other.store_;
+            events_ = std::move(other.events_);
+            record_ = std::move(other.record_);
+            open_ = std::exchange(other.open_, false);
+        }
+        return *this;
+    }
+    transaction(const transaction&) = delete;
+    transaction& operator=(const transaction&) = delete;
+    ~transaction() { (void)rollback(); }
+
+    /// Buffers `ev`; nothing reaches the ring. `errc::finished` after commit or rollback.
+    /// Allocates (the buffer grows; each event is boxed with the transaction's record).
+    std::error_code publish(event ev) {
+        if (!open_)
+            return errc::finished;
+        buffer(detail::envelope(std::move(ev)));
+        return {};
+    }
+
+    /// Buffers a typed event (as `event_store::subscribe` takes them).
+    template <typed_event T>
+    std::error_code publish(T&& value) {
+        if (!open_)
+            return errc::finished;
+        buffer(
+            detail::envelope(std::in_place_type<std::remove_cvref_t<T>>, std::forward<T>(value)));
+        return {};
+    }
+
+    /// Enqueues every buffered event as one contiguous run under the store's policy, or
+    /// none: `errc::exceeds_capacity` (more events than the capacity), `errc::buffer_full`
+    /// (return_error: too little room now), the context's error (block: it ended while
+    /// waiting for room) or `errc::closed`. After such a failure nothing was enqueued and the
+    /// transaction stays open (commit may be retried, or rolled back). Under drop_oldest the
+    /// oldest events of the ring make room, counted as dropped.
+    ///
+    /// Once enqueued, the transaction is finished, and commit sees its events handled:
+    /// sync mode publishes on the calling thread (older pending events go first, as in
+    /// GoEventBus); async mode publishes and waits for the transaction's own events only.
+    /// Then it returns `errc::handler_failed` if a handler of one of them threw (the other
+    /// events and handlers still run, and the error hooks see the exception),
+    /// `errc::dropped` if drop_oldest overwrote one of them before it was handled, or `ctx`'s
+    /// error if it ends before they are all handled (they are still handled later).
+    /// In async mode, called from inside one of the store's handlers it would wait for its
+    /// own thread: it returns `errc::would_deadlock` and enqueues nothing.
+    /// `errc::finished` if committed or rolled back already.
+    std::error_code commit(const context& ctx) {
+        if (!open_)
+            return errc::finished;
+        if (events_.empty()) {
+            open_ = false;
+            return {};
+        }
+        if (store_->pool_ && detail::inside_dispatch_of(store_))
+            return errc::would_deadlock;
+        // Nothing else holds the record yet: the count is published by push_n's release.
+        record_->remaining.store(events_.size(), std::memory_order_relaxed);
+        if (const std::error_code error = store_->ring_.push_n(ctx, events_))
+            return error;
+        events_.clear();  // moved-from envelopes
+        open_ = false;
+        store_->publish();
+        const std::shared_ptr<detail::tx_record> record = std::move(record_);
+        if (const std::error_code error = detail::retry_or_wait(record->done, ctx, [&]() noexcept {
+                return record->remaining.load(std::memory_order_seq_cst) == 0
+                           ? detail::attempt::ok
+                           : detail::attempt::busy;
+            }))
+            return error;
+        if (record->dropped.load(std::memory_order_relaxed))
+            return errc::dropped;
+        if (record->failed.load(std::memory_order_relaxed))
+            return errc::handler_failed;
+        return {};
+    }
+
+    /// Discards the buffered events; touches nothing else. `errc::finished` if committed or
+    /// rolled back already.
+    std::error_code rollback() noexcept {
+        if (!open_)
+            return errc::finished;
+        open_ = false;
+        events_.clear();
+        record_.reset();
+        return {};
+    }
+
+    /// Events buffered and not yet committed.
+    [[nodiscard]] std::size_t size() const noexcept { return events_.size(); }
+    /// True until committed or rolled back.
+    [[nodiscard]] bool is_open() const noexcept { return open_; }
+
+  private:
+    friend class event_store;
+    explicit transaction(event_store& store) noexcept : store_(&store) {}
+
+    void buffer(detail::envelope&& ev) {
+        if (!record_)
+            record_ = std::make_shared<detail::tx_record>();
+        events_.emplace_back(record_, std::move(ev));
+    }
+
+    event_store* store_;
+    std::vector<detail::envelope> events_;
+    std::shared_ptr<detail::tx_record> record_;
+    bool open_ = true;
 };
 
 }  // namespace v0
