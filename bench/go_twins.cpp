@@ -80,13 +80,12 @@
 //                               commit() makes the run eligible and sleeps until the workers have
 //                               handled all 16, so each commit is a round trip to the workers.
 //
-// And the floor of issue 6, the cost of the handler alone:
+// And the handler-call floor, the cost of the handler alone, which no bus can go below:
 //   BM_HandlerCall/std_function  per event: build typed_sync{i} and call typed_sync_handler (the
 //                               very handler BM_EventStore_Sync/typed runs) directly through a
 //                               std::function<eventbus::result(const typed_sync&)>, made opaque so
-//                               the call cannot be inlined or removed. scripts/bench_report.py
-//                               compares it with the two EventStore_Sync rows (issue 6's goals:
-//                               typed within 3x of it, dynamic at least 10x slower than typed).
+//                               the call cannot be inlined or removed. BM_EventStore_Sync/typed
+//                               minus this row is what the store adds to each handler call.
 //
 // Not twinned: GoEventBus's FastHTTP benchmarks (they add a fasthttp.RequestCtx to
 // subscribe + publish; there is no HTTP here).

@@ -1,55 +1,86 @@
 #!/usr/bin/env python3
-"""Runs every benchmark executable and prints one table in two sections: benchmark, ns per item
-(median over the repetitions), and for each peer row the ratio of the peer's time to ours in the
-same scenario; then the twins of GoEventBus's benchmarks, which have no peers: benchmark and ns per
-event (median).
+"""Runs every benchmark executable and prints the tables, in three sections:
+
+1. eventbus against the alternatives (HEADLINE_EXECUTABLE, bench/bus.cpp): per scenario, each
+   variant's ns per event (median over the repetitions), its time divided by the scenario's
+   reference (the fastest of the variants listed in HEADLINE_REFERENCES: a hand-written
+   mutex + deque bus for BM_SyncTyped, the faster of mutex_cv_queue and moodycamel_blocking for
+   BM_AsyncTyped), and max / min of ns per event over the repetitions (how stable the row is).
+2. Peer queues and pools (bench/ring_buffer.cpp, bench/event_store.cpp): benchmark, ns per item
+   (median over the repetitions), and for each peer row the ratio of the peer's time to ours in
+   the same scenario.
+3. The twins of GoEventBus's benchmarks (bench/go_twins.cpp), which have no peers: benchmark and
+   ns per event (median).
 
 Called by scripts/bench, which builds the executables and passes, through the environment:
-  EVENTBUS_BENCH_DIR      directory holding bench_* executables
-  EVENTBUS_BENCH_RESULTS  directory for the raw JSON, the table (table.md) and the chart (SVG)
-  EVENTBUS_BENCH_ARGS     Google Benchmark arguments (repetitions, or a tiny min time for --smoke)
+  EVENTBUS_BENCH_DIR            directory holding bench_* executables
+  EVENTBUS_BENCH_RESULTS        directory for the raw JSON, the table (table.md) and the chart (SVG)
+  EVENTBUS_BENCH_ARGS           Google Benchmark arguments (repetitions, or a tiny min time for
+                                --smoke)
+  EVENTBUS_BENCH_HEADLINE_ARGS  the same for HEADLINE_EXECUTABLE (default: EVENTBUS_BENCH_ARGS);
+                                its JSON must keep every repetition (no
+                                --benchmark_report_aggregates_only) for max / min
 
-Benchmark names follow `<scenario>/<queue>[/real_time]`; rows whose queue starts with `eventbus`
-are ours. The reference for a scenario's ratios is its first eventbus row in REFERENCE_ORDER.
+Benchmark names follow `<scenario>/<variant>[/real_time]`. In section 2, rows whose queue starts
+with `eventbus` are ours and the reference for a scenario's ratios is its first eventbus row in
+REFERENCE_ORDER.
 
-The rows of TWINS_EXECUTABLE (bench/go_twins.cpp) are named `BM_<Name>/<event kind>[/threads:<T>]`
-and count one item per event, so their ns per item is ns per event. They are listed by name, a
-name's event kinds together, in the order the executable ran them.
+A benchmark that fails its checks, or an executable that fails, is left out of the tables and
+listed after them ("FAILED"); the exit status is then 1.
 
-After them come issue 6's goals, computed from the same numbers: BM_EventStore_Sync/typed over the
-floor BM_HandlerCall/std_function (the same handler called directly through a std::function; goal
-at most 3x) and BM_EventStore_Sync/dynamic over BM_EventStore_Sync/typed (goal at least 10x). The
-ratios are printed whether or not a goal is met.
+The rows of TWINS_EXECUTABLE are named `BM_<Name>/<event kind>[/threads:<T>]` and count one item
+per event, so their ns per item is ns per event. They are listed by name, a name's event kinds
+together, in the order the executable ran them.
 """
 
 import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 REFERENCE_ORDER = ["eventbus_return_error", "eventbus_block", "eventbus_drop_oldest"]
 TWINS_EXECUTABLE = "bench_go_twins"
+HEADLINE_EXECUTABLE = "bench_bus"
+# Scenario of HEADLINE_EXECUTABLE -> the variants whose fastest (lowest median) is its reference.
+HEADLINE_REFERENCES = {
+    "BM_SyncTyped": ["mutex_deque_bus"],
+    "BM_AsyncTyped": ["mutex_cv_queue", "moodycamel_blocking"],
+}
 
-# Issue 6: (label, numerator row, denominator row, goal text, predicate on the ratio). Rows are
-# (name, kind) as split() returns them.
-SYNC_TYPED = ("BM_EventStore_Sync", "typed")
-SYNC_DYNAMIC = ("BM_EventStore_Sync", "dynamic")
-HANDLER_FLOOR = ("BM_HandlerCall", "std_function")
-ISSUE6_GOALS = [
-    ("typed / floor", SYNC_TYPED, HANDLER_FLOOR, "≤ 3x", lambda r: r <= 3.0),
-    ("dynamic / typed", SYNC_DYNAMIC, SYNC_TYPED, "≥ 10x", lambda r: r >= 10.0),
-]
+# What did not run or failed its checks: left out of the tables, listed after them.
+FAILURES: list[str] = []
 
 
 def run(executable: Path, results: Path, args: list[str]) -> Path:
     out = results / f"{executable.name}.json"
     cmd = [str(executable), *args, f"--benchmark_out={out}", "--benchmark_out_format=json"]
+    out.unlink(missing_ok=True)  # never read a previous run's results
     print(f"== {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    status = subprocess.run(cmd, check=False, stdout=sys.stderr).returncode
+    if status != 0:
+        FAILURES.append(f"{executable.name}: exit status {status}")
     return out
+
+
+def entries(json_file: Path) -> list[dict]:
+    """The rows of a results file, without the benchmarks that failed (any repetition), which
+    go to FAILURES instead."""
+    try:
+        data = json.loads(json_file.read_text())
+    except (OSError, ValueError) as error:
+        FAILURES.append(f"{json_file.name}: no results ({error})")
+        return []
+    rows = data.get("benchmarks", [])
+    failed: dict[str, str] = {}
+    for entry in rows:
+        if entry.get("error_occurred"):
+            failed.setdefault(entry.get("run_name", entry["name"]), entry.get("error_message", ""))
+    FAILURES.extend(f"{name}: {message}" for name, message in failed.items())
+    return [e for e in rows if e.get("run_name", e["name"]) not in failed and not e.get("error_occurred")]
 
 
 def ns_per_item(entry: dict) -> float:
@@ -64,12 +95,9 @@ def ns_per_item(entry: dict) -> float:
 def collect(json_file: Path) -> tuple[dict[str, float], bool]:
     """Benchmark name -> ns per item: the median aggregate when repeated, else the single run;
     and whether every row is a median."""
-    data = json.loads(json_file.read_text())
     singles: dict[str, float] = {}
     medians: dict[str, float] = {}
-    for entry in data.get("benchmarks", []):
-        if entry.get("error_occurred"):
-            raise SystemExit(f"benchmark failed: {entry['name']}: {entry.get('error_message')}")
+    for entry in entries(json_file):
         name = entry.get("run_name", entry["name"])
         if entry.get("run_type") == "aggregate":
             if entry.get("aggregate_name") == "median":
@@ -111,35 +139,67 @@ def twin_table(rows: dict[str, float]) -> list[tuple[str, float]]:
     return [row for entries in by_name.values() for row in entries]
 
 
-def issue6_goals(rows: dict[str, float], medians: bool) -> str:
-    """Issue 6's ratios from the twins' rows, met or not; empty if a row did not run."""
-    by_row = {split(name): ns for name, ns in rows.items()}
-    needed = {SYNC_TYPED, SYNC_DYNAMIC, HANDLER_FLOOR}
-    missing = sorted("/".join(row) for row in needed if row not in by_row)
-    if missing:
-        return f"Issue 6 goals: not computed, rows missing: {', '.join(missing)}\n"
-    source = "medians" if medians else "single runs, NOT medians (use repetitions for numbers)"
-    text = (
-        "Issue 6 goals: BM_EventStore_Sync (subscribe + publish + handler, per event) against the\n"
-        "floor BM_HandlerCall/std_function (the same typed handler called directly through a\n"
-        f"std::function), from {source}:\n\n"
-        "| ratio | measured | ns per event | goal | met |\n|---|---:|---|---|---|\n"
-    )
-    for label, top, bottom, goal, met in ISSUE6_GOALS:
-        ratio = by_row[top] / by_row[bottom]
-        ns = f"{by_row[top]:.1f} / {by_row[bottom]:.1f}"
-        text += f"| {label} | {ratio:.2f}x | {ns} | {goal} | {'yes' if met(ratio) else 'no'} |\n"
-    return text
+def collect_repetitions(json_file: Path) -> dict[str, list[float]]:
+    """Benchmark name -> ns per item of each repetition (one entry when not repeated), in the
+    order the executable ran them. A JSON written with --benchmark_report_aggregates_only has no
+    repetitions: its rows get their median aggregate as their only value."""
+    runs: dict[str, list[float]] = {}
+    medians: dict[str, float] = {}
+    for entry in entries(json_file):
+        name = entry.get("run_name", entry["name"])
+        if entry.get("run_type") != "aggregate":
+            runs.setdefault(name, []).append(ns_per_item(entry))
+        elif entry.get("aggregate_name") == "median":
+            medians.setdefault(name, ns_per_item(entry))
+    for name, ns in medians.items():
+        runs.setdefault(name, [ns])
+    return runs
+
+
+def headline_table(runs: dict[str, list[float]]) -> list[tuple[str, float, str, str]]:
+    """eventbus against the alternatives: (row, median ns per event, time / reference, max / min
+    over the repetitions), scenarios and variants in run order."""
+    by_scenario: dict[str, dict[str, list[float]]] = {}
+    for name, values in runs.items():
+        scenario, variant = split(name)
+        by_scenario.setdefault(scenario, {})[variant] = values
+    out = []
+    for scenario, variants in by_scenario.items():
+        medians = {variant: statistics.median(values) for variant, values in variants.items()}
+        candidates = [v for v in HEADLINE_REFERENCES.get(scenario, []) if v in medians]
+        reference = min(candidates, key=lambda v: medians[v]) if candidates else None
+        for variant, values in variants.items():
+            if reference is None:
+                ratio = ""
+            elif variant == reference:
+                ratio = "1.00x (reference)"
+            else:
+                ratio = f"{medians[variant] / medians[reference]:.2f}x vs {reference}"
+            spread = f"{max(values) / min(values):.2f} ({len(values)} runs)" if len(values) > 1 else ""
+            out.append((f"{scenario}/{variant}", medians[variant], ratio, spread))
+    return out
 
 
 def markdown(
+    headline: list[tuple[str, float, str, str]],
     lines: list[tuple[str, float, str]],
     twins: list[tuple[str, float]],
-    goals: str = "",
     medians: bool = True,
 ) -> str:
     sections = []
     stat = "median" if medians else "single run"
+    if headline:
+        repeated = any(spread for *_, spread in headline)
+        text = (
+            "eventbus against the alternatives (bench/bus.cpp; every row in one binary, the same\n"
+            "price_tick payload and handler). Time / reference below 1.00x: faster than the\n"
+            "reference. Max / min: slowest over fastest repetition.\n\n"
+            f"| benchmark | ns per event ({'median' if repeated else 'single run'}) "
+            "| time / reference | max / min |\n|---|---:|---|---|\n"
+        )
+        for name, ns, ratio, spread in headline:
+            text += f"| {name} | {ns:.1f} | {ratio} | {spread} |\n"
+        sections.append(text)
     if lines:
         text = f"| benchmark | ns per item ({stat}) | peer time / ours |\n|---|---:|---|\n"
         for name, ns, ratio in lines:
@@ -151,8 +211,10 @@ def markdown(
         for name, ns in twins:
             text += f"| {name} | {ns:.1f} |\n"
         sections.append(text)
-    if goals:
-        sections.append(goals)
+    if FAILURES:
+        text = "FAILED, left out of the tables:\n\n"
+        text += "".join(f"- {failure}\n" for failure in FAILURES)
+        sections.append(text)
     return "\n".join(sections)
 
 
@@ -185,26 +247,35 @@ def main() -> int:
     bench_dir = Path(os.environ["EVENTBUS_BENCH_DIR"])
     results = Path(os.environ["EVENTBUS_BENCH_RESULTS"])
     args = shlex.split(os.environ.get("EVENTBUS_BENCH_ARGS", ""))
+    headline_args = shlex.split(os.environ.get("EVENTBUS_BENCH_HEADLINE_ARGS", "")) or args
     results.mkdir(parents=True, exist_ok=True)
     executables = sorted(p for p in bench_dir.glob("bench_*") if p.is_file() and os.access(p, os.X_OK))
     if not executables:
         print(f"error: no benchmark executables in {bench_dir}", file=sys.stderr)
         return 1
+    headline_runs: dict[str, list[float]] = {}
     rows: dict[str, float] = {}
     twin_rows: dict[str, float] = {}
     all_medians = True
     for exe in executables:
+        if exe.name == HEADLINE_EXECUTABLE:
+            headline_runs.update(collect_repetitions(run(exe, results, headline_args)))
+            continue
         collected, medians = collect(run(exe, results, args))
         all_medians = all_medians and medians
         (twin_rows if exe.name == TWINS_EXECUTABLE else rows).update(collected)
+    headline = headline_table(headline_runs)
     lines = table(rows)
     twins = twin_table(twin_rows)
-    goals = issue6_goals(twin_rows, all_medians) if twin_rows else ""
-    text = markdown(lines, twins, goals, all_medians)
+    text = markdown(headline, lines, twins, all_medians)
     (results / "table.md").write_text(text)
     print(text)
-    chart(lines + [(name, ns, "") for name, ns in twins], results / "benchmarks.svg")
+    bars = [(name, ns, "") for name, ns, _, _ in headline] + lines
+    chart(bars + [(name, ns, "") for name, ns in twins], results / "benchmarks.svg")
     print(f"raw JSON, table.md and benchmarks.svg in {results}", file=sys.stderr)
+    if FAILURES:
+        print(f"error: {len(FAILURES)} failure(s), listed after the tables", file=sys.stderr)
+        return 1
     return 0
 
 
