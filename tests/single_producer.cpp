@@ -90,12 +90,16 @@ TEMPLATE_TEST_CASE("single producer ring: push_n is all or nothing", "[sp]", dro
 
 TEST_CASE("single producer ring: a consumer asleep in pop() is woken by the producer", "[sp]") {
     ring_buffer<int, block> ring(8, ring_options{.single_producer = true});
-    std::jthread consumer([&] {
-        auto got = ring.pop(context{}.with_timeout(10s));
-        CHECK(got.value == 42);
-    });
-    std::this_thread::sleep_for(50ms);  // long enough for the consumer to go to sleep
-    REQUIRE_FALSE(ring.try_push(42));
+    std::atomic<int> got{0};  // Catch2 assertions stay on the test thread
+    {
+        std::jthread consumer([&] {
+            auto popped = ring.pop(context{}.with_timeout(10s));
+            got = popped.value.value_or(-1);
+        });
+        std::this_thread::sleep_for(50ms);  // long enough for the consumer to go to sleep
+        REQUIRE_FALSE(ring.try_push(42));
+    }
+    CHECK(got == 42);
 }
 
 TEMPLATE_TEST_CASE("single producer ring, two consumers: every element once, or dropped",

@@ -2,9 +2,22 @@
 //  Version 0.1.0 — https://github.com/eventbus/eventbus
 //  SPDX-License-Identifier: MIT
 //
-//  One header, read top-down in the order data flows:
-//    configuration -> errors -> context -> wait primitives -> ring buffer -> keys and events
-//    -> dispatcher -> event store
+//  One header, read top-down in the order an event travels:
+//    configuration     cache-line size, inline payload size
+//    errors            errc and its std::error_category
+//    context           cancellation (stop_token) and deadlines
+//    wait primitives   backoff, fences, the eventcount that sleepers wait on
+//    ring buffer       the bounded lock-free MPMC ring: policies, batch claims, single producer
+//    keys and events   key, args, event, typed_event
+//    envelopes         what an event_store's slot holds (a 64-byte line with its sequence)
+//    dispatcher        handlers, registrations, and the pin records that let removal wait
+//    hooks and options store_options, store_metrics, middleware and hooks
+//    dispatch core     runs the handlers of a claimed batch, counting what happened
+//    worker pool       async mode's threads (created only in async mode)
+//    timers            scheduled entries and their handles
+//    timer thread      created by the first schedule of a future time
+//    event store       the bus, composed of the parts above
+//    transactions      all-or-nothing runs of events
 //
 //  Everything public lives in namespace `eventbus`; internals in `eventbus::detail`.
 
@@ -281,6 +294,25 @@ class backoff {
     unsigned step_ = 0;
 };
 
+#if defined(__SANITIZE_THREAD__)
+#define EVENTBUS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define EVENTBUS_TSAN 1
+#endif
+#endif
+
+/// A full fence. ThreadSanitizer does not support atomic_thread_fence; there a seq_cst
+/// read-modify-write (a full barrier on the hardware it runs on) takes its place.
+inline void full_fence() noexcept {
+#if defined(EVENTBUS_TSAN)
+    static std::atomic<int> word{0};
+    (void)word.fetch_add(0, std::memory_order_seq_cst);
+#else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
 // Asymmetric fences: a pair of them orders like two seq_cst fences, but the side that runs
 // often (a single producer's push) pays only a compiler barrier, and the side that runs rarely
 // (a consumer about to sleep) pays a membarrier(2) system call, which makes every running thread
@@ -304,21 +336,21 @@ inline void asymmetric_fence_light() noexcept {
     if (membarrier_active.load(std::memory_order_relaxed))
         std::atomic_signal_fence(std::memory_order_seq_cst);
     else
-        std::atomic_thread_fence(std::memory_order_seq_cst);
+        full_fence();
 }
 inline void asymmetric_fence_heavy() noexcept {
     if (!membarrier_ready() || ::syscall(SYS_membarrier, membarrier_private_expedited, 0) != 0)
-        std::atomic_thread_fence(std::memory_order_seq_cst);
+        full_fence();
 }
 #else
 inline bool membarrier_ready() noexcept {
     return false;
 }
 inline void asymmetric_fence_light() noexcept {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    full_fence();
 }
 inline void asymmetric_fence_heavy() noexcept {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    full_fence();
 }
 #endif
 
@@ -408,6 +440,13 @@ class event_count {
     std::condition_variable cv_;
 };
 
+/// `std::error_code{}` without a call: its default constructor calls the out-of-line
+/// `std::system_category()` every time, which the hot path would pay per event.
+[[nodiscard]] inline std::error_code no_error() noexcept {
+    static const std::error_code none;
+    return none;
+}
+
 /// Outcome of one non-waiting attempt on the ring.
 enum class attempt { ok, busy, closed };
 
@@ -439,7 +478,7 @@ std::error_code retry_or_wait(event_count& ec, const context& ctx, TryOnce&& try
         }
         switch (result) {
             case attempt::ok:
-                return {};
+                return no_error();
             case attempt::closed:
                 return errc::closed;
             case attempt::busy:
@@ -572,7 +611,7 @@ class ring_buffer {
     [[nodiscard]] std::error_code try_emplace(Args&&... args) noexcept {
         switch (try_push_once(std::forward<Args>(args)...)) {
             case detail::attempt::ok:
-                return {};
+                return detail::no_error();
             case detail::attempt::closed:
                 return errc::closed;
             case detail::attempt::busy:
@@ -632,7 +671,7 @@ class ring_buffer {
             return is_closed() ? std::error_code(errc::closed) : std::error_code();
         switch (try_push_n_once(values)) {
             case detail::attempt::ok:
-                return {};
+                return detail::no_error();
             case detail::attempt::closed:
                 return errc::closed;
             case detail::attempt::busy:
@@ -904,12 +943,24 @@ class ring_buffer {
         not_empty_.notify_if_waiting();
     }
 
+    // Asks for the slot a few pushes ahead, for writing: a ring larger than the L1 cache would
+    // otherwise make every push wait for its slot's line.
+    void prefetch_ahead(std::uint64_t position) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+        __builtin_prefetch(&slot_at(position + prefetch_distance * step), 1, 3);
+#else
+        (void)position;
+#endif
+    }
+    static constexpr std::uint64_t prefetch_distance = 8;
+
     template <class... Args>
     detail::attempt try_push_single(Args&&... args) noexcept {
         [[maybe_unused]] const producer_check check(*this);
         const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
         if (tail & closed_mark)
             return detail::attempt::closed;
+        prefetch_ahead(tail);
         slot& s = slot_at(tail);
         detail::backoff wait;
         for (;;) {
@@ -969,6 +1020,7 @@ class ring_buffer {
             return try_push_single(std::forward<Args>(args)...);
         detail::backoff wait;
         std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
+        prefetch_ahead(tail);
         for (;;) {
             if (tail & closed_mark)
                 return detail::attempt::closed;
@@ -1336,6 +1388,7 @@ const key& typed_key() noexcept {
 /// How an envelope moves, destroys and names the payload it holds: one table per payload type.
 struct payload_ops {
     const void* type;  // &type_tag<T>; nullptr: a dynamic event (or a transaction's box)
+    bool in_place;     // the payload is the envelope's bytes themselves
     bool trivial;      // inline and trivially copyable: moved by memcpy, never destroyed
     bool transaction;  // a box holding a transaction's event (see envelope::content)
     void (*relocate)(void* from, void* to) noexcept;  // move-construct at `to`, destroy `from`
@@ -1361,6 +1414,7 @@ const void* payload_of(const void* at) noexcept {
 template <class T>
 inline constexpr payload_ops ops_for{
     std::is_same_v<T, event> ? nullptr : &type_tag<T>,
+    stored_inline<T>,
     stored_inline<T>&& std::is_trivially_copyable_v<T>,
     false,
     [](void* from, void* to) noexcept {
@@ -1436,7 +1490,9 @@ class envelope {
     /// The payload's type tag, or nullptr for a dynamic event.
     [[nodiscard]] const void* type() const noexcept { return ops_->type; }
     /// The dynamic event (when `type()` is nullptr) or the typed payload.
-    [[nodiscard]] const void* payload() const noexcept { return ops_->payload(storage_); }
+    [[nodiscard]] const void* payload() const noexcept {
+        return ops_->in_place ? static_cast<const void*>(storage_) : ops_->payload(storage_);
+    }
     [[nodiscard]] bool in_transaction() const noexcept {
         return ops_ != nullptr && ops_->transaction;
     }
@@ -1485,6 +1541,7 @@ struct tx_box {
 
 inline constexpr payload_ops tx_ops{
     nullptr,
+    false,
     false,
     true,
     [](void* from, void* to) noexcept {
@@ -1688,6 +1745,7 @@ class pin_registry {
     pin_registry() noexcept {
         for (pin_record& r : first_.records)
             r.owner = this;
+        (void)membarrier_ready();  // register once, so that calls pay only a compiler barrier
     }
     pin_registry(const pin_registry&) = delete;
     pin_registry& operator=(const pin_registry&) = delete;
@@ -1978,7 +2036,7 @@ class handler {
         if (type != &detail::type_tag<T>)
             detail::throw_payload_mismatch("a typed event");
         F& f = *static_cast<F*>(fn);
-        const T& value = *static_cast<const T*>(payload);
+        const T& value = *std::launder(static_cast<const T*>(payload));
         if constexpr (std::invocable<F&, const context&, const T&>) {
             if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const T&>>)
                 f(ctx, value);
@@ -2334,8 +2392,12 @@ struct handler_view {
     }
 
     void release() noexcept {
-        handlers.reset();
+        release_table();
         hooks.reset();
+    }
+    /// Lets go of the table only (hooks cannot be removed, so keeping them prolongs nothing).
+    void release_table() noexcept {
+        handlers.reset();
         last_type = nullptr;
     }
 };
@@ -3270,7 +3332,7 @@ class event_store {
         }
         add(counts, scope.leased());
         if (scope.leased() && !view.permanent)
-            view.release();  // it may hold removable handlers: keep nothing while idle
+            view.release_table();  // it may hold removable handlers: not kept while idle
     }
 
     void add(const detail::batch_counts& counts, bool leased) noexcept {
