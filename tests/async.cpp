@@ -437,3 +437,30 @@ TEST_CASE("async ordered_by_key: a busy key never holds up another key", "[async
     CHECK(a_saw_b);
     CHECK(a_calls == 2);
 }
+
+TEST_CASE("async: events published together are spread over the idle workers", "[async]") {
+    // Each handler waits (up to a deadline) for the other to start: only two workers running at
+    // once can meet. With both workers asleep, one publish() must end up waking both.
+    for (const bool ordered : {false, true}) {
+        CAPTURE(ordered);
+        std::atomic<int> arrived{0};
+        std::atomic<int> met{0};
+        const auto meet = [&](const context&, const args&) {
+            arrived.fetch_add(1);
+            const auto give_up = std::chrono::steady_clock::now() + 5s;
+            while (arrived.load() < 2 && std::chrono::steady_clock::now() < give_up)
+                std::this_thread::yield();
+            if (arrived.load() >= 2)
+                met.fetch_add(1);
+        };
+        dispatcher handlers{{"a", meet}, {"b", meet}};
+        event_store store(handlers, 16,
+                          store_options{.async = true, .workers = 2, .ordered_by_key = ordered});
+        std::this_thread::sleep_for(50ms);  // both workers go to sleep
+        REQUIRE_FALSE(store.subscribe({}, make("a")));
+        REQUIRE_FALSE(store.subscribe({}, make("b")));
+        store.publish();
+        REQUIRE_FALSE(store.drain({}));
+        CHECK(met == 2);
+    }
+}

@@ -313,6 +313,15 @@ inline void full_fence() noexcept {
 #endif
 }
 
+/// A broken promise that eventbus can only detect, not survive (two threads in a
+/// single-producer ring at once): says so on stderr and aborts.
+[[noreturn]] inline void report_misuse(const char* what) noexcept {
+    std::fputs("eventbus: misuse: ", stderr);
+    std::fputs(what, stderr);
+    std::fputs("\n", stderr);
+    std::abort();
+}
+
 // Asymmetric fences: a pair of them orders like two seq_cst fences, but the side that runs
 // often (a single producer's push) pays only a compiler barrier, and the side that runs rarely
 // (a consumer about to sleep) pays a membarrier(2) system call, which makes every running thread
@@ -339,8 +348,17 @@ inline void asymmetric_fence_light() noexcept {
         full_fence();
 }
 inline void asymmetric_fence_heavy() noexcept {
-    if (!membarrier_ready() || ::syscall(SYS_membarrier, membarrier_private_expedited, 0) != 0)
+    if (!membarrier_ready()) {
         full_fence();
+        return;
+    }
+    // Light fences rely on it now: a failure (ENOMEM, say) cannot fall back to a plain fence.
+    for (int attempt = 0; ::syscall(SYS_membarrier, membarrier_private_expedited, 0) != 0;
+         ++attempt) {
+        if (attempt == 1000)
+            report_misuse("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) keeps failing");
+        std::this_thread::yield();
+    }
 }
 #else
 inline bool membarrier_ready() noexcept {
@@ -354,13 +372,10 @@ inline void asymmetric_fence_heavy() noexcept {
 }
 #endif
 
-/// A broken promise that eventbus can only detect, not survive (two threads in a
-/// single-producer ring at once): says so on stderr and aborts.
-[[noreturn]] inline void report_misuse(const char* what) noexcept {
-    std::fputs("eventbus: misuse: ", stderr);
-    std::fputs(what, stderr);
-    std::fputs("\n", stderr);
-    std::abort();
+/// A per-thread address: tells threads apart for the price of a thread-local lookup.
+inline const void* this_thread_tag() noexcept {
+    static thread_local const char tag = 0;
+    return &tag;
 }
 
 /// An eventcount: lets a thread sleep until a condition that other threads make true lock-free
@@ -711,9 +726,11 @@ class ring_buffer {
     /// and drained. Thread-safe; no allocation; takes a mutex only to sleep.
     [[nodiscard]] pop_result<T> pop(const context& ctx) {
         pop_result<T> result;
+        // A producer that owns the tail publishes it with a plain store: sleepers then pair
+        // with it through the heavy fence.
         result.error = detail::retry_or_wait(
             not_empty_, ctx, [&]() noexcept { return try_pop_once(result.value); },
-            single_producer_);
+            single_producer_ || !indices_.revoked.load(std::memory_order_acquire));
         return result;
     }
 
@@ -725,6 +742,8 @@ class ring_buffer {
     /// pushes.
     void close() noexcept {
         [[maybe_unused]] const producer_check check(*this);
+        if (!single_producer_)
+            revoke();  // an owner's plain store of the tail must not erase the closed mark
         // seq_cst RMW on the word every push CASes: a push either completed before this or fails.
         indices_.tail.fetch_or(closed_mark, std::memory_order_seq_cst);
         not_full_.notify_all();
@@ -868,6 +887,14 @@ class ring_buffer {
     struct indices {
         alignas(cache_line_size) std::atomic<std::uint64_t> head{0};
         alignas(cache_line_size) std::atomic<std::uint64_t> tail{0};
+        // Multi-producer rings: the first thread that pushes owns the tail and pushes as a
+        // single producer would, until another producer (or close()) appears and revokes the
+        // ownership for good; from then on every push claims by CAS. On the tail's line, which
+        // the owner writes anyway.
+        std::atomic<const void*> owner{nullptr};  // the owning thread's tag
+        std::atomic<bool> owner_busy{false};      // the owner is inside a push
+        std::atomic<bool> shared{false};          // revocation has begun
+        std::atomic<bool> revoked{false};         // revocation is complete: CAS only
     };
     static_assert(std::is_standard_layout_v<indices>);
     static_assert(offsetof(indices, tail) - offsetof(indices, head) >= cache_line_size,
@@ -957,6 +984,12 @@ class ring_buffer {
     template <class... Args>
     detail::attempt try_push_single(Args&&... args) noexcept {
         [[maybe_unused]] const producer_check check(*this);
+        return push_owned(std::forward<Args>(args)...);
+    }
+
+    // A push by the only thread that writes the tail (single producer, or the owner).
+    template <class... Args>
+    detail::attempt push_owned(Args&&... args) noexcept {
         const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
         if (tail & closed_mark)
             return detail::attempt::closed;
@@ -987,6 +1020,10 @@ class ring_buffer {
 
     detail::attempt try_push_n_single(std::span<T> values) noexcept {
         [[maybe_unused]] const producer_check check(*this);
+        return push_n_owned(values);
+    }
+
+    detail::attempt push_n_owned(std::span<T> values) noexcept {
         const std::uint64_t run = std::uint64_t{values.size()} * step;
         const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
         if (tail & closed_mark)
@@ -1013,11 +1050,61 @@ class ring_buffer {
         return detail::attempt::ok;
     }
 
+    // Multi-producer rings: runs `push` (a push_owned call) if this thread owns the tail and
+    // ownership has not been revoked; otherwise makes sure it is revoked and returns nullopt
+    // (then the caller claims by CAS). The owner announces itself busy, then checks `shared`;
+    // a revoker sets `shared`, then waits until the owner is not busy. The light and heavy
+    // fences order the two like seq_cst fences (Dekker), so either the owner sees `shared` and
+    // backs off, or the revoker sees it busy and waits for its push to end.
+    template <class Push>
+    std::optional<detail::attempt> push_if_owner(Push&& push) noexcept {
+        if (indices_.revoked.load(std::memory_order_acquire))
+            return std::nullopt;
+        const void* me = detail::this_thread_tag();
+        const void* owner = indices_.owner.load(std::memory_order_relaxed);
+        if (owner == nullptr) {
+            // Claimed once, by the first push; later pushes of other threads revoke it.
+            if (indices_.owner.compare_exchange_strong(owner, me, std::memory_order_acq_rel,
+                                                       std::memory_order_relaxed))
+                owner = me;
+        }
+        if (owner == me) {
+            indices_.owner_busy.store(true, std::memory_order_relaxed);
+            detail::asymmetric_fence_light();  // pairs with revoke()'s heavy fence
+            if (!indices_.shared.load(std::memory_order_relaxed)) {
+                const detail::attempt result = push();
+                // Release: a revoker that sees the owner idle also sees its last tail.
+                indices_.owner_busy.store(false, std::memory_order_release);
+                return result;
+            }
+            indices_.owner_busy.store(false, std::memory_order_release);
+        }
+        revoke();
+        return std::nullopt;
+    }
+
+    // Ends the owner's plain-store pushes for good. Idempotent; every thread that finds the
+    // revocation incomplete completes it itself (a few microseconds, once).
+    void revoke() noexcept {
+        if (indices_.revoked.load(std::memory_order_acquire))
+            return;
+        indices_.shared.store(true, std::memory_order_seq_cst);
+        detail::asymmetric_fence_heavy();
+        detail::backoff wait;
+        // Acquire: the owner's last push (its tail store) happens before our CAS.
+        while (indices_.owner_busy.load(std::memory_order_acquire))
+            wait.snooze();
+        indices_.revoked.store(true, std::memory_order_release);
+    }
+
     // One push attempt. `busy`: full (never reported while a pop is freeing a slot).
     template <class... Args>
     detail::attempt try_push_once(Args&&... args) noexcept {
         if (single_producer_)
             return try_push_single(std::forward<Args>(args)...);
+        if (const std::optional<detail::attempt> owned =
+                push_if_owner([&]() noexcept { return push_owned(std::forward<Args>(args)...); }))
+            return *owned;
         detail::backoff wait;
         std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
         prefetch_ahead(tail);
@@ -1071,6 +1158,9 @@ class ring_buffer {
     detail::attempt try_push_n_once(std::span<T> values) noexcept {
         if (single_producer_)
             return try_push_n_single(values);
+        if (const std::optional<detail::attempt> owned =
+                push_if_owner([&]() noexcept { return push_n_owned(values); }))
+            return *owned;
         const std::uint64_t run = std::uint64_t{values.size()} * step;
         detail::backoff wait;
         std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
@@ -1400,8 +1490,9 @@ struct payload_ops {
 /// Whether a T lives inside the envelope (else on the heap, the envelope holding a pointer).
 template <class T>
 inline constexpr bool stored_inline =
-    sizeof(T) <= inline_payload_size &&
-    alignof(T) <= alignof(void*) && std::is_nothrow_move_constructible_v<T>;
+    !std::is_same_v<T, event> &&  // dynamic events are always boxed
+    sizeof(T) <= inline_payload_size && alignof(T) <= alignof(void*) &&
+    std::is_nothrow_move_constructible_v<T>;
 
 template <class T>
 const void* payload_of(const void* at) noexcept {
@@ -1606,7 +1697,7 @@ class snapshot {
         const holder* now = current_.load(std::memory_order_seq_cst);
         handle value = now != nullptr ? now->value : empty();
         if (readers_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
-            has_retired_.load(std::memory_order_relaxed))
+            has_retired_.load(std::memory_order_seq_cst))
             collect(std::unique_lock(mutex_, std::try_to_lock));
         return value;
     }
@@ -1653,11 +1744,16 @@ class snapshot {
         if (!lock)
             return;
         std::vector<holder*> garbage;
+        // Seq_cst store, then the seq_cst load of readers_; a reader leaves with a seq_cst RMW,
+        // then loads this flag: either we see no reader, or the last reader sees the flag and
+        // collects (Dekker).
+        if (!retired_.empty())
+            has_retired_.store(true, std::memory_order_seq_cst);
         // Every retired holder was swapped out before this seq_cst load; a reader not counted
         // here enters after it and therefore loads a newer holder.
         if (readers_.load(std::memory_order_seq_cst) == 0)
             garbage.swap(retired_);
-        has_retired_.store(!retired_.empty(), std::memory_order_relaxed);
+        has_retired_.store(!retired_.empty(), std::memory_order_seq_cst);
         lock.unlock();
         for (holder* old : garbage)
             delete old;
@@ -1781,7 +1877,9 @@ class pin_registry {
 
     /// Ends the batch that held `r`.
     void release(pin_record& r) noexcept {
-        r.current.store(nullptr, std::memory_order_release);
+        r.parked_on.store(nullptr, std::memory_order_relaxed);
+        // Seq_cst: ordered with a remover's fence even where that is a plain seq_cst fence.
+        r.current.store(nullptr, std::memory_order_seq_cst);
         // Seq_cst RMW, then notify: removers re-check after a seq_cst RMW of their own.
         r.word.fetch_add(1, std::memory_order_seq_cst);
         quiesce_.notify_if_waiting();
@@ -1800,7 +1898,13 @@ class pin_registry {
         for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
             if (f->record->current.load(std::memory_order_relaxed) == target)
                 inside_target = true;
-        // Say what this thread removes, for the exemption above.
+        // Say what this thread removes, for the exemption above (undone on every way out).
+        struct unpark {
+            ~unpark() {
+                for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
+                    f->record->parked_on.store(nullptr, std::memory_order_seq_cst);
+            }
+        } undo;
         for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer) {
             f->record->parked_on.exchange(target, std::memory_order_seq_cst);
             f->record->owner->quiesce_.notify_if_waiting();
@@ -1825,8 +1929,6 @@ class pin_registry {
                 (void)retry_or_wait(quiesce_, never, settled, true);
             }
         }
-        for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
-            f->record->parked_on.store(nullptr, std::memory_order_seq_cst);
     }
 
   private:
@@ -2428,9 +2530,12 @@ class dispatch_core {
             view.table_version = v;
             view.handlers = dispatcher_->handlers();
             view.last_type = nullptr;
+            // A handler removed just before its last handle went is not permanent either: the
+            // copy may have been taken before the removal.
             view.permanent = std::ranges::all_of(*view.handlers, [](const auto& by_key) {
-                return std::ranges::none_of(by_key.second,
-                                            [](const auto& e) { return e->removable(); });
+                return std::ranges::none_of(by_key.second, [](const auto& e) {
+                    return e->removable() || e->removed.load(std::memory_order_acquire);
+                });
             });
         }
         if (const auto v = hooks_.version(); !view.hooks || v != view.hooks_version) {
@@ -2737,6 +2842,14 @@ class worker_pool {
         idle_.notify_if_waiting();
     }
 
+    // After a claim (a seq_cst RMW, the eventcount's notifier step): if eligible events are
+    // left, wake one sleeping worker to take them, so that no eligible event waits behind a
+    // busy worker while another sleeps. A load while nobody sleeps.
+    void wake_helper(std::uint64_t limit) noexcept {
+        if (Ring::distance(ring_.consumed_mark(), limit) != 0)
+            work_.notify_one_if_waiting();
+    }
+
     // A worker is done with what it took (the events are destroyed already).
     void release_taking(worker_state& me) noexcept {
         // Seq_cst RMW, then notify: drain re-checks the announcement with a seq_cst load.
@@ -2755,15 +2868,15 @@ class worker_pool {
                 // events as possible while other workers idle; a full batch under load.
                 const std::uint64_t limit = eligible_.load(std::memory_order_seq_cst);
                 const std::uint64_t share =
-                    Ring::distance(ring_.consumed_mark(), limit) / count_ + 1;
-                const std::size_t n = batch.take(
-                    ring_, limit, static_cast<std::size_t>(std::min<std::uint64_t>(share, 64)));
+                    (Ring::distance(ring_.consumed_mark(), limit) + count_ - 1) / count_;
+                const std::size_t n =
+                    batch.take(ring_, limit,
+                               static_cast<std::size_t>(std::clamp<std::uint64_t>(share, 1, 64)));
                 if (n == 0) {
                     release_taking(me);
                     return false;
                 }
-                if (n == claimed_batch::capacity)
-                    work_.notify_one_if_waiting();  // more may be waiting: wake a helper
+                wake_helper(limit);
                 return true;
             }
             std::optional<envelope> ev;
@@ -2786,6 +2899,7 @@ class worker_pool {
             }
             if (ev) {
                 batch.put(std::move(*ev));
+                wake_helper(eligible_.load(std::memory_order_seq_cst));
                 return true;
             }
             release_taking(me);
@@ -2952,8 +3066,10 @@ class timer_service {
         if (q.stopping)
             return timer_handle(errc::closed);
         if (!thread_.joinable()) {
-            running_.store(true, std::memory_order_seq_cst);
+            // The thread cannot finish before we let go of q.mutex: marking it running after it
+            // started leaves nothing to wait for if starting it throws.
             thread_ = std::thread([this] { run(); });
+            running_.store(true, std::memory_order_seq_cst);
         }
         const bool earliest = q.pending.empty() || entry->due < q.pending.begin()->first;
         q.pending.emplace(entry->due, entry);
