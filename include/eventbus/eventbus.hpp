@@ -341,7 +341,11 @@ inline bool membarrier_ready() noexcept {
     }();
     return ready;
 }
-inline void asymmetric_fence_light() noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+[[gnu::always_inline]]
+#endif
+inline void
+asymmetric_fence_light() noexcept {
     if (membarrier_active.load(std::memory_order_relaxed))
         std::atomic_signal_fence(std::memory_order_seq_cst);
     else
@@ -584,8 +588,8 @@ class ring_buffer {
         , lap_(std::uint64_t{2} * capacity_)
         , remap_shift_(remap_shift_for(capacity_))
         , single_producer_(options.single_producer) {
-        if (single_producer_)
-            (void)detail::membarrier_ready();  // register once, before any push relies on it
+        // Register once per process, so that the tail's owner pays only a compiler barrier.
+        (void)detail::membarrier_ready();
         if (start.value & closed_mark)
             throw std::invalid_argument("eventbus: odd start position");
         slots_ = static_cast<slot*>(::operator new(capacity_ * sizeof(slot), slot_alignment));
