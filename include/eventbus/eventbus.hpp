@@ -95,6 +95,13 @@ inline constexpr std::size_t cache_line_size = 64;  // x86-64 and most others
 static_assert(std::has_single_bit(cache_line_size), "cache_line_size must be a power of two");
 
 // Must be the same in every translation unit of a program (it shapes the store's slots).
+// Forces inlining of the few small functions of the hot path that compilers keep out of line.
+#if defined(__GNUC__) || defined(__clang__)
+#define EVENTBUS_ALWAYS_INLINE [[gnu::always_inline]]
+#else
+#define EVENTBUS_ALWAYS_INLINE
+#endif
+
 #if !defined(EVENTBUS_INLINE_PAYLOAD_SIZE)
 #define EVENTBUS_INLINE_PAYLOAD_SIZE 48
 #endif
@@ -341,11 +348,7 @@ inline bool membarrier_ready() noexcept {
     }();
     return ready;
 }
-#if defined(__GNUC__) || defined(__clang__)
-[[gnu::always_inline]]
-#endif
-inline void
-asymmetric_fence_light() noexcept {
+EVENTBUS_ALWAYS_INLINE inline void asymmetric_fence_light() noexcept {
     if (membarrier_active.load(std::memory_order_relaxed))
         std::atomic_signal_fence(std::memory_order_seq_cst);
     else
@@ -993,7 +996,7 @@ class ring_buffer {
 
     // A push by the only thread that writes the tail (single producer, or the owner).
     template <class... Args>
-    detail::attempt push_owned(Args&&... args) noexcept {
+    EVENTBUS_ALWAYS_INLINE detail::attempt push_owned(Args&&... args) noexcept {
         const std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
         if (tail & closed_mark)
             return detail::attempt::closed;
@@ -1061,7 +1064,7 @@ class ring_buffer {
     // fences order the two like seq_cst fences (Dekker), so either the owner sees `shared` and
     // backs off, or the revoker sees it busy and waits for its push to end.
     template <class Push>
-    std::optional<detail::attempt> push_if_owner(Push&& push) noexcept {
+    EVENTBUS_ALWAYS_INLINE std::optional<detail::attempt> push_if_owner(Push&& push) noexcept {
         if (indices_.revoked.load(std::memory_order_acquire))
             return std::nullopt;
         const void* me = detail::this_thread_tag();
@@ -2556,10 +2559,32 @@ class dispatch_core {
                                   batch_counts& counts) {
         completions done;
         const pin_guard pin(dispatcher_->pins_);
+        const bool plain = view.hooks->empty();
         for (std::size_t i = 0; i < batch.size(); ++i) {
+            envelope& env = batch[i];
+            if (const void* type = env.type(); plain && type != nullptr) {
+                // The hot path, inline: a typed event (never a transaction's box, whose type is
+                // nullptr), no hooks, straight to the handlers; nobody wants their results.
+                const handler_view::handler_list* handlers = view.handlers_of(env);
+                if (handlers == nullptr) {
+                    ++counts.unhandled;
+                    continue;
+                }
+                for (const auto& target : *handlers) {
+                    if (!pin.enter(*target))
+                        continue;
+                    try {
+                        target->call(handler_ctx_, type, env.payload(), nullptr);
+                    } catch (...) {
+                        ++counts.errors;
+                    }
+                    ++counts.processed;
+                }
+                continue;
+            }
             const std::uint64_t errors_before = counts.errors;
-            dispatch(batch[i], view, counts, pin);
-            if (batch[i].in_transaction()) {
+            dispatch(env, view, counts, pin);
+            if (env.in_transaction()) {
                 done.any = true;
                 if (counts.errors != errors_before)
                     done.failed |= std::uint64_t{1} << i;
@@ -3273,6 +3298,8 @@ class event_store {
         pool_->let_finish();
         if (detail::inside_dispatch_of(this))
             return {};
+        if (const std::error_code ended = ctx.err())
+            return ended;  // ended before the call: the workers finish in the background
         std::error_code error = pool_->wait_exited(ctx);
         if (!error)
             error = wait_for_timers(ctx);
