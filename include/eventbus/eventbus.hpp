@@ -98,8 +98,10 @@ static_assert(std::has_single_bit(cache_line_size), "cache_line_size must be a p
 // Forces inlining of the few small functions of the hot path that compilers keep out of line.
 #if defined(__GNUC__) || defined(__clang__)
 #define EVENTBUS_ALWAYS_INLINE [[gnu::always_inline]]
+#define EVENTBUS_NOINLINE [[gnu::noinline]]
 #else
 #define EVENTBUS_ALWAYS_INLINE
+#define EVENTBUS_NOINLINE
 #endif
 
 #if !defined(EVENTBUS_INLINE_PAYLOAD_SIZE)
@@ -939,9 +941,11 @@ class ring_buffer {
     // and a consumer a few positions apart do not write the same line.
     slot& slot_at(std::uint64_t position) noexcept {
         auto index = static_cast<std::size_t>(position / step) & (capacity_ - 1);
-        if (remap_shift_ != 0) {
-            index =
-                ((index & (slots_per_line - 1)) << remap_shift_) | (index >> slots_per_line_log2);
+        if constexpr (slots_per_line > 1) {  // a slot of a line or more is never remapped
+            if (remap_shift_ != 0) {
+                index = ((index & (slots_per_line - 1)) << remap_shift_) |
+                        (index >> slots_per_line_log2);
+            }
         }
         return slots_[index];
     }
@@ -989,7 +993,7 @@ class ring_buffer {
     static constexpr std::uint64_t prefetch_distance = 8;
 
     template <class... Args>
-    detail::attempt try_push_single(Args&&... args) noexcept {
+    EVENTBUS_ALWAYS_INLINE detail::attempt try_push_single(Args&&... args) noexcept {
         [[maybe_unused]] const producer_check check(*this);
         return push_owned(std::forward<Args>(args)...);
     }
@@ -1002,6 +1006,20 @@ class ring_buffer {
             return detail::attempt::closed;
         prefetch_ahead(tail);
         slot& s = slot_at(tail);
+        // Acquire: as in try_push_once, the consumer is done with the storage.
+        if (s.seq.load(std::memory_order_acquire) == tail) {
+            ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+            s.seq.store(tail + 1, std::memory_order_release);
+            publish_tail(tail + step);
+            return detail::attempt::ok;
+        }
+        return push_owned_full(s, tail, std::forward<Args>(args)...);
+    }
+
+    // push_owned when the slot is not free at first sight: full, or a pop is freeing it.
+    template <class... Args>
+    EVENTBUS_NOINLINE detail::attempt push_owned_full(slot& s, std::uint64_t tail,
+                                                      Args&&... args) noexcept {
         detail::backoff wait;
         for (;;) {
             // Acquire: as in try_push_once, the consumer is done with the storage.
@@ -1106,12 +1124,18 @@ class ring_buffer {
 
     // One push attempt. `busy`: full (never reported while a pop is freeing a slot).
     template <class... Args>
-    detail::attempt try_push_once(Args&&... args) noexcept {
+    EVENTBUS_ALWAYS_INLINE detail::attempt try_push_once(Args&&... args) noexcept {
         if (single_producer_)
             return try_push_single(std::forward<Args>(args)...);
         if (const std::optional<detail::attempt> owned =
                 push_if_owner([&]() noexcept { return push_owned(std::forward<Args>(args)...); }))
             return *owned;
+        return try_push_claimed(std::forward<Args>(args)...);
+    }
+
+    // A push that claims its position by CAS on tail (the tail is shared).
+    template <class... Args>
+    EVENTBUS_NOINLINE detail::attempt try_push_claimed(Args&&... args) noexcept {
         detail::backoff wait;
         std::uint64_t tail = indices_.tail.load(std::memory_order_relaxed);
         prefetch_ahead(tail);
