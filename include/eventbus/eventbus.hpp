@@ -452,11 +452,6 @@ class event_count {
         }
     }
 
-    /// Threads between prepare_wait and finish_wait (a hint: stale as soon as it returns).
-    [[nodiscard]] bool has_waiters() const noexcept {
-        return waiters_.load(std::memory_order_seq_cst) != 0;
-    }
-
   private:
     std::atomic<std::uint32_t> waiters_{0};
     std::atomic<std::uint32_t> epoch_{0};
