@@ -555,10 +555,12 @@ struct pop_result {
 
 /// Construction options of a ring_buffer.
 struct ring_options {
-    /// The caller promises that one thread at a time pushes and closes (a single producer);
-    /// pushes then claim their position with a plain store instead of a compare-and-swap. Any
-    /// number of consumers. Builds without NDEBUG abort with a message when two threads push at
-    /// once (see EVENTBUS_CHECK_SINGLE_PRODUCER).
+    /// The caller promises that one thread at a time pushes and closes (a single producer).
+    /// Every ring lets its first producing thread push with a plain store instead of a
+    /// compare-and-swap until a second one appears; with this promise pushes also skip that
+    /// ownership check, and a second producer is never accepted: builds without NDEBUG abort
+    /// with a message when two threads push at once (see EVENTBUS_CHECK_SINGLE_PRODUCER). Any
+    /// number of consumers.
     bool single_producer = false;
 };
 
@@ -1830,8 +1832,8 @@ class pin_registry;
 /// Where a thread running a batch of handler calls of a dispatcher announces the handler it is
 /// calling, so that removal can wait for the calls in flight without any shared
 /// read-modify-write per call: taking and letting go of a record costs one each per batch, on a
-/// line its thread keeps using; a call costs a store and two loads on lines it owns or only
-/// reads.
+/// line its thread keeps using; a call costs a store and three loads, on lines it owns or only
+/// reads, and a compiler barrier.
 struct alignas(cache_line_size) pin_record {
     // Odd while a batch holds the record (+1 when taken and when let go).
     std::atomic<std::uint64_t> word{0};
@@ -2328,9 +2330,9 @@ struct store_options {
     /// different keys run in parallel. Costs a short mutex around each pop.
     bool ordered_by_key = false;
     /// The caller promises that one thread at a time produces: subscribe, transaction commit,
-    /// schedule, close and the destructor (a handler that subscribes counts as producing). The
-    /// subscribe path then uses no locked read-modify-write. Builds without NDEBUG abort with a
-    /// message when two threads subscribe at once.
+    /// schedule, close and the destructor (a handler that subscribes counts as producing).
+    /// subscribe then skips the check of who owns the ring's tail (see ring_options). Builds
+    /// without NDEBUG abort with a message when two threads subscribe at once.
     bool single_producer = false;
 };
 
