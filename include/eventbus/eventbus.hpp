@@ -2583,24 +2583,13 @@ class dispatch_core {
         const bool plain = view.hooks->empty();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             envelope& env = batch[i];
-            if (const void* type = env.type(); plain && type != nullptr) {
+            if (plain && env.type() != nullptr) {
                 // The hot path, inline: a typed event (never a transaction's box, whose type is
                 // nullptr), no hooks, straight to the handlers; nobody wants their results.
-                const handler_view::handler_list* handlers = view.handlers_of(env);
-                if (handlers == nullptr) {
+                if (const handler_view::handler_list* handlers = view.handlers_of(env))
+                    call_plain(*handlers, env, counts, pin);
+                else
                     ++counts.unhandled;
-                    continue;
-                }
-                for (const auto& target : *handlers) {
-                    if (!pin.enter(*target))
-                        continue;
-                    try {
-                        target->call(handler_ctx_, type, env.payload(), nullptr);
-                    } catch (...) {
-                        ++counts.errors;
-                    }
-                    ++counts.processed;
-                }
                 continue;
             }
             const std::uint64_t errors_before = counts.errors;
@@ -2637,17 +2626,7 @@ class dispatch_core {
                 if (pin.enter(*target))
                     run_one(*target, ev, dynamic, hooks, counts);
         } else if (hooks.empty()) {
-            for (const auto& target : *handlers) {
-                if (!pin.enter(*target))
-                    continue;
-                // The hot path: straight to the handler; nobody wants the result.
-                try {
-                    target->call(handler_ctx_, ev.type(), ev.payload(), nullptr);
-                } catch (...) {
-                    ++counts.errors;
-                }
-                ++counts.processed;
-            }
+            call_plain(*handlers, ev, counts, pin);  // a transaction's typed event
         } else {
             // Hooks and middleware see a stand-in for a typed event, with its key only (it
             // allocates nothing).
@@ -2655,6 +2634,22 @@ class dispatch_core {
             for (const auto& target : *handlers)
                 if (pin.enter(*target))
                     run_one(*target, ev, &stand_in, hooks, counts);
+        }
+    }
+
+    // A typed event without hooks: straight to each handler; nobody wants the results.
+    EVENTBUS_ALWAYS_INLINE void call_plain(const handler_view::handler_list& handlers,
+                                           const envelope& ev, batch_counts& counts,
+                                           const pin_guard& pin) {
+        for (const auto& target : handlers) {
+            if (!pin.enter(*target))
+                continue;
+            try {
+                target->call(handler_ctx_, ev.type(), ev.payload(), nullptr);
+            } catch (...) {
+                ++counts.errors;
+            }
+            ++counts.processed;
         }
     }
 
