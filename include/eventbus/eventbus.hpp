@@ -1,5 +1,5 @@
 //  eventbus — a lock-free, in-process event bus for C++20.
-//  Version 0.1.0 — https://github.com/eventbus/eventbus
+//  https://github.com/eventbus/eventbus (version: EVENTBUS_VERSION_* below)
 //  SPDX-License-Identifier: MIT
 //
 //  One header, read top-down in the order an event travels:
@@ -59,6 +59,7 @@
 #include <system_error>
 #include <thread>
 #include <type_traits>
+#include <typeinfo>
 #include <unordered_map>
 #include <utility>
 #include <variant>
@@ -66,6 +67,9 @@
 
 #if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
 #include <intrin.h>
+#endif
+#if __has_include(<cxxabi.h>)
+#include <cxxabi.h>
 #endif
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -1439,6 +1443,73 @@ struct event {
     ::eventbus::args args;
 };
 
+/// What `arg<T>()` throws: the argument is missing, or holds another type than the one asked
+/// for. The message names the argument and both types.
+class arg_error : public std::invalid_argument {
+  public:
+    using std::invalid_argument::invalid_argument;
+};
+
+namespace detail {
+
+/// A readable name of a type, for error messages.
+inline std::string type_name(const std::type_info& type) {
+    if (type == typeid(std::string))
+        return "std::string";
+    if (type == typeid(std::string_view))
+        return "std::string_view";
+    if (type == typeid(void))
+        return "nothing (an empty std::any)";
+#if __has_include(<cxxabi.h>)
+    int status = 0;
+    const std::unique_ptr<char, void (*)(void*)> readable(
+        abi::__cxa_demangle(type.name(), nullptr, nullptr, &status), std::free);
+    if (status == 0 && readable)
+        return readable.get();
+#endif
+    return type.name();
+}
+
+[[noreturn]] inline void throw_missing_arg(const args& a, const std::string& name,
+                                           const std::type_info& wanted) {
+    std::vector<std::string_view> present;
+    for (const auto& entry : a)
+        present.push_back(entry.first);
+    std::ranges::sort(present);
+    std::string message = "eventbus: no argument \"" + name + "\" (asked for " + type_name(wanted) +
+                          "); the event has ";
+    if (present.empty())
+        message += "no arguments";
+    for (std::size_t i = 0; i < present.size(); ++i)
+        message += (i == 0 ? "\"" : ", \"") + std::string(present[i]) + "\"";
+    throw arg_error(message);
+}
+
+}  // namespace detail
+
+/// The argument `name` of a dynamic event's args, as a T: `arg<int>(a, "order_id")`. Throws
+/// `arg_error` when it is missing (the message lists the arguments present) or holds another
+/// type (the message names both types); a handler that lets it escape fails like any other.
+/// No allocation on success (beyond `name` itself when built from a long literal).
+template <class T>
+[[nodiscard]] const T& arg(const args& a, const std::string& name) {
+    const auto found = a.find(name);
+    if (found == a.end())
+        detail::throw_missing_arg(a, name, typeid(T));
+    if (const T* value = std::any_cast<T>(&found->second))
+        return *value;
+    throw arg_error("eventbus: argument \"" + name + "\" holds " +
+                    detail::type_name(found->second.type()) + ", not the " +
+                    detail::type_name(typeid(T)) + " asked for");
+}
+
+/// The argument `name` as a T, or nullptr when it is missing or holds another type.
+template <class T>
+[[nodiscard]] const T* find_arg(const args& a, const std::string& name) noexcept {
+    const auto found = a.find(name);
+    return found == a.end() ? nullptr : std::any_cast<T>(&found->second);
+}
+
 /// Bytes of a typed event stored inline in a ring slot, with no allocation per event
 /// (EVENTBUS_INLINE_PAYLOAD_SIZE, default 48: with the slot's sequence number and the payload's
 /// handling code, a slot is one 64-byte cache line). Larger types, types aligned to more than a
@@ -1809,22 +1880,44 @@ struct handler_fn {
     }
 };
 
-/// One registered handler.
-struct handler_entry {
-    handler_fn call;
-    // Set (seq_cst) by remove() before it waits for the batches in flight; a batch that reads it
-    // (seq_cst) after announcing itself skips the handler (see pin_registry).
+/// Something a `registration` can remove: a handler of a dispatcher, or a hook or middleware of
+/// a store.
+struct registered {
+    // Set (seq_cst) by remove() before it waits for the calls in flight; a batch that reads it
+    // after announcing itself skips the call (see pin_registry).
     std::atomic<bool> removed{false};
-    // Live `registration` handles of this entry. It starts at 1 (the handle `on` returns) and,
-    // once 0, stays 0: then nobody can ever remove the handler, and a store may keep a table
-    // that holds it between publishes.
+    // Live `registration` handles. It starts at 1 (the handle `on` returns) and, once 0, stays
+    // 0: then nobody can ever remove it, and a store may keep a table that holds it between
+    // publishes.
     std::atomic<std::uint32_t> handles{1};
+
+    registered() noexcept = default;
+    registered(const registered&) = delete;
+    registered& operator=(const registered&) = delete;
+    virtual ~registered() = default;
+
+    /// Unregisters, then waits for the calls in flight on other threads. Idempotent; never
+    /// throws (if the table cannot be copied for want of memory, the entry stays in it, marked
+    /// removed, and is never called again).
+    virtual void remove() noexcept = 0;
 
     [[nodiscard]] bool removable() const noexcept {
         // Acquire: pairs with the release decrement of the last handle, so a remove() that
         // completed through a handle is seen (`removed`) once no handle is left.
         return handles.load(std::memory_order_acquire) != 0;
     }
+};
+
+struct dispatcher_state;
+
+/// One registered handler.
+struct handler_entry final : registered {
+    handler_fn call;
+    key projection = key("");
+    std::string name;  // handler_options::name, for error hooks
+    std::weak_ptr<dispatcher_state> owner;
+
+    void remove() noexcept override;
 };
 
 class pin_registry;
@@ -1959,6 +2052,27 @@ class pin_registry {
         }
     }
 
+    /// A hook's removal, after marking it removed (seq_cst): waits until every batch that other
+    /// threads had begun has ended. A batch checks a hook's `removed` (seq_cst) after taking
+    /// its record (a seq_cst read-modify-write) and before each call: either it sees the mark,
+    /// or its record was taken before our loads below and we wait for it.
+    void wait_for_batches() noexcept {
+        const context never;
+        for (chunk* c = &first_; c != nullptr; c = c->next.load(std::memory_order_acquire)) {
+            for (pin_record& r : c->records) {
+                if (held_here(r))
+                    continue;
+                const std::uint64_t word = r.word.load(std::memory_order_seq_cst);
+                if ((word & 1) == 0)
+                    continue;
+                (void)retry_or_wait(quiesce_, never, [&]() noexcept {
+                    return r.word.load(std::memory_order_seq_cst) != word ? attempt::ok
+                                                                          : attempt::busy;
+                });
+            }
+        }
+    }
+
   private:
     static constexpr std::size_t chunk_size = 16;
     struct chunk {
@@ -2085,6 +2199,21 @@ concept deducible_typed_handler = !args_handler<F> && requires {
     typename deduced_payload_t<F>;
 }
 &&typed_handler_for<F, deduced_payload_t<F>>;
+/// What `handler` accepts.
+template <class F>
+concept handler_callable = args_handler<F> || deducible_typed_handler<F>;
+
+// The compile-time errors of handler registration, one line each.
+#define EVENTBUS_HANDLER_FORMS                                                             \
+    "eventbus: a handler must be callable as one of: "                                     \
+    "result|void(const eventbus::context&, const eventbus::args&) for dynamic events; "    \
+    "result|void(const eventbus::context&, const T&) or result|void(const T&) for typed "  \
+    "events of type T (T is deduced from a non-generic callable; for a generic one write " \
+    "on<T>(fn) or handler::of<T>(fn))"
+#define EVENTBUS_TYPED_HANDLER_FORMS                                                           \
+    "eventbus: a handler of typed events of type T must be callable as "                       \
+    "result|void(const eventbus::context&, const T&) or result|void(const T&), and T must be " \
+    "a typed event (a movable object type, not an eventbus type such as event or args)"
 
 template <class R>
 result as_result(R&& r) {
@@ -2092,7 +2221,7 @@ result as_result(R&& r) {
         return {};
     } else {
         static_assert(std::is_convertible_v<R, result>,
-                      "a handler returns eventbus::result or void");
+                      "eventbus: a handler returns eventbus::result or void");
         return std::forward<R>(r);
     }
 }
@@ -2106,17 +2235,19 @@ result as_result(R&& r) {
 
 /// A handler, made from any invocable of the forms `result|void(const context&, const args&)`
 /// (dynamic events) or `result|void(const context&, const T&)` / `result|void(const T&)` (typed
-/// events of type T; T is deduced from a non-generic callable). A handler fails by throwing.
-/// Copies share the callable.
+/// events of type T; T is deduced from a non-generic callable). Any other callable is a
+/// compile-time error that lists these forms. A handler fails by throwing. Copies share the
+/// callable.
 class handler {
   public:
     template <class F>
-    requires detail::args_handler<F> || detail::deducible_typed_handler<F> handler(
-        F fn)  // NOLINT: implicit, so lambdas fit a braced dispatcher list
+    requires(!std::same_as<std::remove_cvref_t<F>, handler>)
+        handler(F fn)  // NOLINT: implicit, so lambdas fit a braced dispatcher list
         : type_(nullptr) {
+        static_assert(detail::handler_callable<F>, EVENTBUS_HANDLER_FORMS);
         if constexpr (detail::args_handler<F>) {
             call_ = {&invoke_args<F>, std::make_shared<F>(std::move(fn))};
-        } else {
+        } else if constexpr (detail::deducible_typed_handler<F>) {
             using T = detail::deduced_payload_t<F>;
             type_ = &detail::type_tag<T>;
             call_ = {&invoke_typed<T, F>, std::make_shared<F>(std::move(fn))};
@@ -2125,11 +2256,14 @@ class handler {
 
     /// A handler of typed events of type T (for generic callables, where T cannot be deduced).
     template <class T, class F>
-    requires detail::typed_handler_for<F, std::remove_cvref_t<T>>
     [[nodiscard]] static handler of(F fn) {
         using U = std::remove_cvref_t<T>;
-        return handler(&detail::type_tag<U>,
-                       {&invoke_typed<U, F>, std::make_shared<F>(std::move(fn))});
+        static_assert(detail::typed_handler_for<F, U>, EVENTBUS_TYPED_HANDLER_FORMS);
+        if constexpr (detail::typed_handler_for<F, U>)
+            return handler(&detail::type_tag<U>,
+                           {&invoke_typed<U, F>, std::make_shared<F>(std::move(fn))});
+        else
+            return handler(nullptr, {});
     }
 
     /// The type tag of T for a typed handler; nullptr for a handler of args.
@@ -2184,29 +2318,70 @@ class handler {
     const void* type_;
 };
 
+/// Options of one handler registration.
+struct handler_options {
+    /// Shown to error hooks (`handler_failure::handler`); empty by default.
+    std::string name;
+};
+
 class dispatcher;
 namespace detail {
 class dispatch_core;
+struct hook_state;
+
+/// What a dispatcher is, shared with the stores that use it and reachable from its
+/// registrations: destroying the dispatcher before or after them is safe.
+struct dispatcher_state {
+    using table = std::unordered_map<key, std::vector<std::shared_ptr<handler_entry>>>;
+
+    snapshot<table> handlers;
+    pin_registry pins;
+
+    // Unlinks the handler, marks it removed, then waits for the batches that may be calling it
+    // (see pin_registry::wait_for_calls for whose are not waited for).
+    void remove(handler_entry& target) noexcept {
+        if (!target.removed.load(std::memory_order_acquire)) {
+            try {
+                handlers.update([&](table& t) {
+                    auto found = t.find(target.projection);
+                    if (found == t.end())
+                        return;
+                    std::erase_if(found->second, [&](const auto& e) { return e.get() == &target; });
+                    if (found->second.empty())
+                        t.erase(found);
+                });
+            } catch (...) {
+                // Out of memory for the copy: it stays in the table, marked removed below.
+            }
+        }
+        // Seq_cst: see pin_registry (a batch either skips the handler or is waited for).
+        target.removed.store(true, std::memory_order_seq_cst);
+        pins.wait_for_calls(&target);
+    }
+};
+
+inline void handler_entry::remove() noexcept {
+    if (const std::shared_ptr<dispatcher_state> state = owner.lock())
+        state->remove(*this);
+    else
+        removed.store(true, std::memory_order_seq_cst);  // nobody can call it any more
+}
+
 }  // namespace detail
 
-/// What `dispatcher::on` returns: `remove()` unregisters the handler. Dropping the handle does
-/// NOT remove it (handlers live as long as the dispatcher, as in GoEventBus). Must not outlive
-/// the dispatcher when `remove()` is to be called.
+/// What `dispatcher::on` and a store's hook registrations return: `remove()` unregisters.
+/// Dropping the handle does NOT remove the handler (handlers live as long as the dispatcher, as
+/// in GoEventBus): keep a `scoped_registration` for that. Copyable; a registration may outlive
+/// its dispatcher or store (remove() then does nothing).
 class registration {
   public:
     registration() noexcept = default;
-    registration(const registration& other) noexcept
-        : owner_(other.owner_), key_(other.key_), entry_(other.entry_) {
+    registration(const registration& other) noexcept : entry_(other.entry_) {
         if (entry_)
             entry_->handles.fetch_add(1, std::memory_order_relaxed);
     }
-    registration(registration&& other) noexcept
-        : owner_(std::exchange(other.owner_, nullptr))
-        , key_(std::move(other.key_))
-        , entry_(std::move(other.entry_)) {}
+    registration(registration&& other) noexcept : entry_(std::move(other.entry_)) {}
     registration& operator=(registration other) noexcept {
-        std::swap(owner_, other.owner_);
-        std::swap(key_, other.key_);
         std::swap(entry_, other.entry_);
         return *this;
     }
@@ -2217,9 +2392,17 @@ class registration {
             entry_->handles.fetch_sub(1, std::memory_order_release);
     }
 
-    /// Unregisters the handler and waits for its calls in flight on other threads (not for a
-    /// call on this thread: a handler may remove itself). Idempotent. Thread-safe; allocates.
-    void remove();
+    /// Unregisters the handler (or hook) and waits for its calls in flight on other threads
+    /// (not for a call on this thread: a handler may remove itself). Idempotent. Thread-safe;
+    /// allocates (a copy of the table), never throws.
+    void remove() noexcept {
+        if (entry_) {
+            // Our own reference: another thread may free this registration as soon as its own
+            // remove() has returned.
+            const std::shared_ptr<detail::registered> keep = entry_;
+            keep->remove();
+        }
+    }
 
     /// True while the handler is registered through this handle.
     [[nodiscard]] explicit operator bool() const noexcept {
@@ -2228,26 +2411,62 @@ class registration {
 
   private:
     friend class dispatcher;
-    registration(dispatcher& owner, key k, std::shared_ptr<detail::handler_entry> entry)
-        : owner_(&owner), key_(std::move(k)), entry_(std::move(entry)) {}
+    friend struct detail::hook_state;
+    explicit registration(std::shared_ptr<detail::registered> entry) noexcept
+        : entry_(std::move(entry)) {}
 
-    dispatcher* owner_ = nullptr;
-    key key_ = key("");
-    std::shared_ptr<detail::handler_entry> entry_;
+    std::shared_ptr<detail::registered> entry_;
+};
+
+/// A registration that removes its handler (or hook) when destroyed, like EnTT's and
+/// Boost.Signals2's scoped_connection: keep one beside whatever the handler captures, declared
+/// after it, so that the handler is gone before the object it uses. Destruction waits for the
+/// calls in flight on other threads (not for a call on this thread: it may be destroyed from
+/// inside its own handler). Move-only.
+class scoped_registration {
+  public:
+    scoped_registration() noexcept = default;
+    scoped_registration(registration r) noexcept  // NOLINT: implicit, `= d.on(...)` reads well
+        : registration_(std::move(r)) {}
+    scoped_registration(scoped_registration&& other) noexcept = default;
+    scoped_registration& operator=(scoped_registration&& other) noexcept {
+        if (this != &other) {
+            registration_.remove();
+            registration_ = std::move(other.registration_);
+        }
+        return *this;
+    }
+    scoped_registration(const scoped_registration&) = delete;
+    scoped_registration& operator=(const scoped_registration&) = delete;
+    ~scoped_registration() { registration_.remove(); }
+
+    /// Removes now (see registration::remove).
+    void remove() noexcept { registration_.remove(); }
+    /// Gives up the ownership: the handler stays registered; the returned handle can remove it.
+    [[nodiscard]] registration release() noexcept { return std::move(registration_); }
+    /// True while the handler is registered through this handle.
+    [[nodiscard]] explicit operator bool() const noexcept {
+        return static_cast<bool>(registration_);
+    }
+
+  private:
+    registration registration_;
 };
 
 /// Maps keys to handlers. Built like GoEventBus's map literal and changeable at run time from
-/// any thread, including from inside a handler; a change is seen by the next publish().
+/// any thread, including from inside a handler; a change is seen by the next publish(). The
+/// stores built on a dispatcher share its table: either may be destroyed first.
 class dispatcher {
   public:
     struct entry {
         key projection;
         handler fn;
     };
-    using table = std::unordered_map<key, std::vector<std::shared_ptr<detail::handler_entry>>>;
+    using table = detail::dispatcher_state::table;
 
-    dispatcher() = default;
-    dispatcher(std::initializer_list<entry> entries) {
+    /// Allocates the shared state (std::bad_alloc).
+    dispatcher() : state_(std::make_shared<detail::dispatcher_state>()) {}
+    dispatcher(std::initializer_list<entry> entries) : dispatcher() {
         for (const entry& e : entries)
             (void)on(e.projection, e.fn);
     }
@@ -2255,67 +2474,66 @@ class dispatcher {
     dispatcher& operator=(const dispatcher&) = delete;
 
     /// Adds a handler for `projection`, run after those registered before it. Thread-safe;
-    /// allocates (copies the table).
-    registration on(key projection, handler fn) {
+    /// allocates (copies the table). `std::invalid_argument` for a typed handler under a key
+    /// that is not its type.
+    registration on(key projection, handler fn, handler_options options = {}) {
         if (fn.type_ != nullptr && !(projection.is_type() && projection.type_id() == fn.type_))
             throw std::invalid_argument("eventbus: a typed handler registered under key '" +
                                         std::string(projection.name()) +
-                                        "', which is not its event type");
+                                        "', which is not its event type (use on<T>(fn))");
         auto added = std::make_shared<detail::handler_entry>();
         added->call = std::move(fn.call_);
-        table_.update([&](table& t) { t[projection].push_back(added); });
-        return registration(*this, std::move(projection), std::move(added));
+        added->projection = projection;
+        added->name = std::move(options.name);
+        added->owner = state_;
+        state_->handlers.update([&](table& t) { t[projection].push_back(added); });
+        return registration(std::move(added));
+    }
+
+    /// `on("name", fn)`: a handler of dynamic events under a string key. A handler of typed
+    /// events here is a compile-time error (their key is their type: use on<T>(fn)).
+    template <class S, class F>
+    requires std::convertible_to<const S&, std::string_view> &&
+        (!std::same_as<std::remove_cvref_t<F>, handler>)registration
+        on(const S& name, F fn, handler_options options = {}) {
+        static_assert(!detail::deducible_typed_handler<F>,
+                      "eventbus: a typed handler (taking const T&) cannot be registered under a "
+                      "string key, whose events are dynamic (args): use on<T>(fn), whose key is "
+                      "key::of<T>()");
+        return on(key(std::string(std::string_view(name))), handler(std::move(fn)),
+                  std::move(options));
     }
 
     /// Adds a handler of typed events of type T: `on<house_was_sold>(fn)` with `fn` taking
     /// `(const context&, const T&)` or `(const T&)`, returning result or void. Its key is
     /// `key::of<T>()`. Thread-safe; allocates.
     template <class T, class F>
-    requires detail::typed_handler_for<F, std::remove_cvref_t<T>> registration on(F fn) {
-        return on(key::of<T>(), handler::of<T>(std::move(fn)));
+    registration on(F fn, handler_options options = {}) {
+        static_assert(detail::typed_handler_for<F, std::remove_cvref_t<T>>,
+                      EVENTBUS_TYPED_HANDLER_FORMS);
+        if constexpr (detail::typed_handler_for<F, std::remove_cvref_t<T>>)
+            return on(key::of<std::remove_cvref_t<T>>(), handler::of<T>(std::move(fn)),
+                      std::move(options));
+        else
+            return {};
     }
 
     /// The current handler table, lock-free; kept alive as long as the returned pointer.
-    [[nodiscard]] std::shared_ptr<const table> handlers() const noexcept { return table_.read(); }
+    [[nodiscard]] std::shared_ptr<const table> handlers() const noexcept {
+        return state_->handlers.read();
+    }
     /// Changes whenever the table does.
-    [[nodiscard]] std::uint64_t version() const noexcept { return table_.version(); }
+    [[nodiscard]] std::uint64_t version() const noexcept { return state_->handlers.version(); }
 
   private:
-    friend class registration;
     friend class detail::dispatch_core;
 
-    template <overflow_policy>
-    friend class event_store;
+    // A store's own handle on the state it shares with the user's dispatcher.
+    explicit dispatcher(std::shared_ptr<detail::dispatcher_state> state) noexcept
+        : state_(std::move(state)) {}
 
-    // Unlinks the handler, marks it removed, then waits for the batches that may be calling it
-    // (see pin_registry::wait_for_calls for whose are not waited for).
-    void remove(const key& projection, const std::shared_ptr<detail::handler_entry>& handle) {
-        // Our own reference: `handle` lives in a registration that another thread may free as
-        // soon as its own remove() has returned.
-        const std::shared_ptr<detail::handler_entry> target = handle;
-        if (!target->removed.load(std::memory_order_acquire)) {
-            table_.update([&](table& t) {
-                auto found = t.find(projection);
-                if (found == t.end())
-                    return;
-                std::erase(found->second, target);
-                if (found->second.empty())
-                    t.erase(found);
-            });
-        }
-        // Seq_cst: see pin_registry (a batch either skips the handler or is waited for).
-        target->removed.store(true, std::memory_order_seq_cst);
-        pins_.wait_for_calls(target.get());
-    }
-
-    detail::snapshot<table> table_;
-    detail::pin_registry pins_;
+    std::shared_ptr<detail::dispatcher_state> state_;
 };
-
-inline void registration::remove() {
-    if (entry_)
-        owner_->remove(key_, entry_);
-}
 
 // hooks and options ///////////////////////////////////////////////////////////////////////////
 
@@ -2343,11 +2561,85 @@ struct store_metrics {
     std::uint64_t errors = 0;     ///< handler calls that threw
     std::uint64_t dropped = 0;    ///< overwritten by drop_oldest
     std::uint64_t unhandled = 0;  ///< events with no handler
+    std::uint64_t triggered = 0;  ///< events run at once by trigger() (not in `published`)
     std::uint64_t scheduled = 0;  ///< accepted by schedule() for later
     /// Scheduled events that never reached the ring: cancelled through their handle or their
     /// context, still pending at close(), or refused when due (ring full or closed).
     std::uint64_t cancelled = 0;
 };
+
+/// What hooks see of an event, typed or dynamic, without copying it. Valid during the hook call.
+class event_view {
+  public:
+    /// A dynamic event.
+    explicit event_view(const event& ev) noexcept
+        : projection_(&ev.projection), type_(nullptr), payload_(&ev) {}
+
+    /// The event's key (a typed event's is `key::of<T>()`).
+    [[nodiscard]] const key& projection() const noexcept { return *projection_; }
+    /// A dynamic event's id; empty for a typed event.
+    [[nodiscard]] std::string_view id() const noexcept {
+        return type_ == nullptr ? std::string_view(static_cast<const event*>(payload_)->id)
+                                : std::string_view();
+    }
+    /// The dynamic event, or nullptr for a typed one.
+    [[nodiscard]] const event* dynamic() const noexcept {
+        return type_ == nullptr ? static_cast<const event*>(payload_) : nullptr;
+    }
+    /// The typed payload if the event is a T, else nullptr.
+    template <class T>
+    [[nodiscard]] const T* get_if() const noexcept {
+        if (type_ != &detail::type_tag<std::remove_cvref_t<T>>)
+            return nullptr;
+        return std::launder(static_cast<const T*>(payload_));
+    }
+    [[nodiscard]] bool is_typed() const noexcept { return type_ != nullptr; }
+
+  private:
+    friend class detail::dispatch_core;
+    template <overflow_policy>
+    friend class event_store;
+    friend class next_handler;
+    event_view(const key& projection, const void* type, const void* payload) noexcept
+        : projection_(&projection), type_(type), payload_(payload) {}
+
+    // What the handler receives: a typed payload, or the args of a dynamic event.
+    [[nodiscard]] const void* handler_payload() const noexcept {
+        return type_ != nullptr ? payload_ : &static_cast<const event*>(payload_)->args;
+    }
+
+    const key* projection_;
+    const void* type_;     // the payload's type tag; nullptr for a dynamic event
+    const void* payload_;  // the typed payload, or the `event`
+};
+
+/// What an error hook of the second form learns about a failed handler call.
+struct handler_failure {
+    event_view event;          ///< the event being handled
+    std::string_view handler;  ///< the handler's `handler_options::name` (empty if none)
+    std::exception_ptr error;  ///< what it threw (or a before hook or middleware threw)
+};
+
+namespace detail {
+
+/// A store's hook or middleware, removable through a registration.
+struct hook_state;
+template <class F>
+struct hook_entry final : registered {
+    F fn;
+    std::weak_ptr<hook_state> owner;
+
+    explicit hook_entry(F f) : fn(std::move(f)) {}
+    void remove() noexcept override;
+    [[nodiscard]] bool live() const noexcept {
+        // Seq_cst, after the batch's seq_cst pin: see pin_registry::wait_for_batches.
+        return !removed.load(std::memory_order_seq_cst);
+    }
+};
+template <class F>
+using hook_list = std::vector<std::shared_ptr<hook_entry<F>>>;
+
+}  // namespace detail
 
 /// Calls the rest of the middleware chain, then the handler.
 class next_handler {
@@ -2357,37 +2649,114 @@ class next_handler {
   private:
     friend class detail::dispatch_core;
     using middleware_fn = std::function<result(const context&, const event&, const next_handler&)>;
-    next_handler(const std::vector<middleware_fn>& chain, std::size_t index,
-                 const detail::handler_entry& target, const detail::envelope& env) noexcept
-        : chain_(&chain), index_(index), target_(&target), env_(&env) {}
+    using chain_type = detail::hook_list<middleware_fn>;
+    next_handler(const chain_type& chain, std::size_t index, const detail::handler_entry& target,
+                 const event_view& ev) noexcept
+        : chain_(&chain), index_(index), target_(&target), event_(&ev) {}
 
-    const std::vector<middleware_fn>* chain_;
+    const chain_type* chain_;
     std::size_t index_;
     const detail::handler_entry* target_;
-    const detail::envelope* env_;
+    const event_view* event_;
 };
 
 /// Wraps every handler call: `result(const context&, const event&, const next_handler& next)`;
 /// call `next(ctx, ev)` to go on. The first registered is the outermost. For a typed event,
-/// middleware and hooks see an `event` with only `projection` set (`key::of<T>()`), and the
-/// handler always receives the original payload.
+/// middleware and hooks of these forms see an `event` with only `projection` set
+/// (`key::of<T>()`), and the handler always receives the original payload.
 using middleware = std::function<result(const context&, const event&, const next_handler&)>;
 using before_hook = std::function<void(const context&, const event&)>;
 /// Sees the result, or the error (`result` is then empty).
 using after_hook =
     std::function<void(const context&, const event&, const result&, std::exception_ptr)>;
 using error_hook = std::function<void(const context&, const event&, std::exception_ptr)>;
+/// An error hook that sees the payload of typed events and the failing handler's name.
+using failure_hook = std::function<void(const context&, const handler_failure&)>;
+/// Once per event that found no handler (a typo in a string key, a type nobody handles).
+using unhandled_hook = std::function<void(const context&, const event_view&)>;
 
 inline result next_handler::operator()(const context& ctx, const event& ev) const {
-    if (index_ < chain_->size())
-        return (*chain_)[index_](ctx, ev, next_handler(*chain_, index_ + 1, *target_, *env_));
+    for (std::size_t i = index_; i < chain_->size(); ++i)
+        if (const auto& m = (*chain_)[i]; m->live())
+            return m->fn(ctx, ev, next_handler(*chain_, i + 1, *target_, *event_));
     result out;
-    if (env_->type() != nullptr)
-        target_->call(ctx, env_->type(), env_->payload(), &out);
+    if (event_->is_typed())
+        target_->call(ctx, event_->type_, event_->payload_, &out);
     else
         target_->call(ctx, nullptr, &ev.args, &out);  // what the middleware passed on
     return out;
 }
+
+namespace detail {
+
+struct hook_set {
+    hook_list<middleware> chain;
+    hook_list<before_hook> before;
+    hook_list<after_hook> after;
+    hook_list<error_hook> error;
+    hook_list<failure_hook> failure;
+    hook_list<unhandled_hook> unhandled;
+
+    [[nodiscard]] bool empty() const noexcept {
+        return chain.empty() && before.empty() && after.empty() && error.empty() &&
+               failure.empty() && unhandled.empty();
+    }
+};
+
+/// A store's hooks, shared with their registrations (which may outlive the store).
+struct hook_state {
+    explicit hook_state(std::shared_ptr<dispatcher_state> d) noexcept : dispatcher(std::move(d)) {}
+
+    snapshot<hook_set> set;
+    std::shared_ptr<dispatcher_state> dispatcher;  // whose pins cover the hook calls
+
+    template <class F>
+    registration add(hook_list<F> hook_set::*list, F fn, const std::shared_ptr<hook_state>& self) {
+        auto entry = std::make_shared<hook_entry<F>>(std::move(fn));
+        entry->owner = self;
+        set.update([&](hook_set& s) { (s.*list).push_back(entry); });
+        return registration_of(std::move(entry));
+    }
+
+    template <class F>
+    void remove(hook_entry<F>& target) noexcept {
+        if (!target.removed.load(std::memory_order_acquire)) {
+            try {
+                set.update([&](hook_set& s) {
+                    const auto drop = [&](auto& list) {
+                        std::erase_if(list, [&](const auto& e) {
+                            return static_cast<const registered*>(e.get()) == &target;
+                        });
+                    };
+                    drop(s.chain);
+                    drop(s.before);
+                    drop(s.after);
+                    drop(s.error);
+                    drop(s.failure);
+                    drop(s.unhandled);
+                });
+            } catch (...) {
+                // Out of memory for the copy: it stays, marked removed below.
+            }
+        }
+        target.removed.store(true, std::memory_order_seq_cst);
+        dispatcher->pins.wait_for_batches();
+    }
+
+    static registration registration_of(std::shared_ptr<registered> entry) noexcept {
+        return registration(std::move(entry));
+    }
+};
+
+template <class F>
+void hook_entry<F>::remove() noexcept {
+    if (const std::shared_ptr<hook_state> state = owner.lock())
+        state->remove(*this);
+    else
+        removed.store(true, std::memory_order_seq_cst);
+}
+
+}  // namespace detail
 
 // dispatch core ///////////////////////////////////////////////////////////////////////////////
 
@@ -2433,17 +2802,6 @@ struct batch_counts {
 struct completions {
     bool any = false;
     std::uint64_t failed = 0;
-};
-
-struct hook_set {
-    std::vector<middleware> chain;
-    std::vector<before_hook> before;
-    std::vector<after_hook> after;
-    std::vector<error_hook> error;
-
-    [[nodiscard]] bool empty() const noexcept {
-        return chain.empty() && before.empty() && after.empty() && error.empty();
-    }
 };
 
 /// Events claimed from the ring in one go (one compare-and-swap), moved out of their slots so
@@ -2508,10 +2866,13 @@ struct handler_view {
     bool permanent = false;
 
     [[nodiscard]] const handler_list* handlers_of(const envelope& env) noexcept {
-        const void* type = env.type();
+        return handlers_of(env.type(), env.projection());
+    }
+    [[nodiscard]] const handler_list* handlers_of(const void* type,
+                                                  const key& projection) noexcept {
         if (type != nullptr && type == last_type)
             return last_handlers;
-        const auto found = handlers->find(env.projection());
+        const auto found = handlers->find(projection);
         const handler_list* list =
             found == handlers->end() || found->second.empty() ? nullptr : &found->second;
         if (type != nullptr) {
@@ -2525,7 +2886,8 @@ struct handler_view {
         release_table();
         hooks.reset();
     }
-    /// Lets go of the table only (hooks cannot be removed, so keeping them prolongs nothing).
+    /// Lets go of the table only (a removed hook is never called again, whoever holds a copy;
+    /// keeping the copy only delays freeing its callable until the hooks change again).
     void release_table() noexcept {
         handlers.reset();
         last_type = nullptr;
@@ -2536,17 +2898,20 @@ struct handler_view {
 /// Knows nothing of rings or threads.
 class dispatch_core {
   public:
-    explicit dispatch_core(eventbus::dispatcher& handlers) noexcept
-        : dispatcher_(&handlers), handler_ctx_(stop_.get_token()) {}
+    explicit dispatch_core(const eventbus::dispatcher& handlers)
+        : dispatcher_(handlers.state_)
+        , hooks_(std::make_shared<hook_state>(handlers.state_))
+        , handler_ctx_(stop_.get_token()) {}
 
-    [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return *dispatcher_; }
+    [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return dispatcher_; }
     [[nodiscard]] const context& handler_context() const noexcept { return handler_ctx_; }
     /// Tells handlers still to run that the closer gave up waiting (their context's token).
     void request_stop() noexcept { stop_.request_stop(); }
 
-    template <class Change>
-    void change_hooks(Change&& change) {
-        hooks_.update(std::forward<Change>(change));
+    /// Adds a hook or middleware; its registration removes it.
+    template <class F>
+    registration add_hook(hook_list<F> hook_set::*list, F fn) {
+        return hooks_->add(list, std::move(fn), hooks_);
     }
 
     /// Re-reads the table and the hooks if they changed. The events about to be handled were
@@ -2554,9 +2919,10 @@ class dispatch_core {
     /// versions are read after they were claimed (seq_cst), so those registrations are seen.
     /// Version first, then the copy: the copy is at least as new as the version.
     void refresh(handler_view& view) const {
-        if (const auto v = dispatcher_->version(); !view.handlers || v != view.table_version) {
+        const dispatcher_state& state = *dispatcher_.state_;
+        if (const auto v = state.handlers.version(); !view.handlers || v != view.table_version) {
             view.table_version = v;
-            view.handlers = dispatcher_->handlers();
+            view.handlers = state.handlers.read();
             view.last_type = nullptr;
             // A handler removed just before its last handle went is not permanent either: the
             // copy may have been taken before the removal.
@@ -2566,9 +2932,9 @@ class dispatch_core {
                 });
             });
         }
-        if (const auto v = hooks_.version(); !view.hooks || v != view.hooks_version) {
+        if (const auto v = hooks_->set.version(); !view.hooks || v != view.hooks_version) {
             view.hooks_version = v;
-            view.hooks = hooks_.read();
+            view.hooks = hooks_->set.read();
         }
     }
 
@@ -2579,7 +2945,7 @@ class dispatch_core {
     [[nodiscard]] completions run(std::span<envelope> batch, handler_view& view,
                                   batch_counts& counts) {
         completions done;
-        const pin_guard pin(dispatcher_->pins_);
+        const pin_guard pin(pins());
         const bool plain = view.hooks->empty();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             envelope& env = batch[i];
@@ -2593,7 +2959,9 @@ class dispatch_core {
                 continue;
             }
             const std::uint64_t errors_before = counts.errors;
-            dispatch(env, view, counts, pin);
+            const envelope& content = env.content();
+            dispatch(event_view(content.projection(), content.type(), content.payload()), view,
+                     counts, pin, handler_ctx_);
             if (env.in_transaction()) {
                 done.any = true;
                 if (counts.errors != errors_before)
@@ -2601,6 +2969,13 @@ class dispatch_core {
             }
         }
         return done;
+    }
+
+    /// Runs the handlers of one event now, on the caller, with `ctx` as their context.
+    void run_now(const event_view& ev, handler_view& view, batch_counts& counts,
+                 const context& ctx) {
+        const pin_guard pin(pins());
+        dispatch(ev, view, counts, pin, ctx);
     }
 
     /// Tells the transactions of `batch` that their events were handled.
@@ -2612,28 +2987,42 @@ class dispatch_core {
     }
 
   private:
-    void dispatch(envelope& env, handler_view& view, batch_counts& counts, const pin_guard& pin) {
-        const envelope& ev = env.content();
+    [[nodiscard]] pin_registry& pins() const noexcept { return dispatcher_.state_->pins; }
+
+    void dispatch(const event_view& ev, handler_view& view, batch_counts& counts,
+                  const pin_guard& pin, const context& ctx) {
         const hook_set& hooks = *view.hooks;
-        const handler_view::handler_list* handlers = view.handlers_of(ev);
+        const handler_view::handler_list* handlers = view.handlers_of(ev.type_, ev.projection());
         if (handlers == nullptr) {
             ++counts.unhandled;
+            for (const auto& hook : hooks.unhandled)
+                if (hook->live())
+                    call_hook([&] { hook->fn(ctx, ev); });
             return;
         }
-        if (ev.type() == nullptr) {
-            const auto* dynamic = static_cast<const event*>(ev.payload());
+        if (!ev.is_typed()) {
+            const event* dynamic = ev.dynamic();
             for (const auto& target : *handlers)
                 if (pin.enter(*target))
-                    run_one(*target, ev, dynamic, hooks, counts);
+                    run_one(*target, ev, *dynamic, hooks, counts, ctx);
         } else if (hooks.empty()) {
-            call_plain(*handlers, ev, counts, pin);  // a transaction's typed event
+            for (const auto& target : *handlers) {  // a transaction's or trigger's typed event
+                if (!pin.enter(*target))
+                    continue;
+                try {
+                    target->call(ctx, ev.type_, ev.payload_, nullptr);
+                } catch (...) {
+                    ++counts.errors;
+                }
+                ++counts.processed;
+            }
         } else {
-            // Hooks and middleware see a stand-in for a typed event, with its key only (it
-            // allocates nothing).
+            // Hooks and middleware of the `event` forms see a stand-in for a typed event, with
+            // its key only (it allocates nothing).
             const event stand_in{.id = {}, .projection = ev.projection(), .args = {}};
             for (const auto& target : *handlers)
                 if (pin.enter(*target))
-                    run_one(*target, ev, &stand_in, hooks, counts);
+                    run_one(*target, ev, stand_in, hooks, counts, ctx);
         }
     }
 
@@ -2653,19 +3042,28 @@ class dispatch_core {
         }
     }
 
+    // After, error and unhandled hooks: what they throw is caught and discarded.
+    template <class Call>
+    static void call_hook(Call&& call) noexcept {
+        try {
+            call();
+        } catch (...) {
+        }
+    }
+
     // One handler call with its hooks; exceptions are counted and reported, never thrown.
-    void run_one(const handler_entry& target, const envelope& env, const event* ev,
-                 const hook_set& hooks, batch_counts& counts) {
+    void run_one(const handler_entry& target, const event_view& view, const event& ev,
+                 const hook_set& hooks, batch_counts& counts, const context& ctx) {
         result outcome;
         std::exception_ptr error;
         try {
             if (hooks.empty()) {
-                target.call(handler_ctx_, env.type(),
-                            env.type() != nullptr ? env.payload() : &ev->args, nullptr);
+                target.call(ctx, view.type_, view.handler_payload(), nullptr);
             } else {
                 for (const auto& hook : hooks.before)
-                    hook(handler_ctx_, *ev);
-                outcome = next_handler(hooks.chain, 0, target, env)(handler_ctx_, *ev);
+                    if (hook->live())
+                        hook->fn(ctx, ev);
+                outcome = next_handler(hooks.chain, 0, target, view)(ctx, ev);
             }
         } catch (...) {
             error = std::current_exception();
@@ -2673,26 +3071,28 @@ class dispatch_core {
         ++counts.processed;
         if (error)
             ++counts.errors;
-        for (const auto& hook : hooks.after) {
-            try {
-                hook(handler_ctx_, *ev, outcome, error);
-            } catch (...) {
-            }
-        }
-        if (error) {
-            for (const auto& hook : hooks.error) {
-                try {
-                    hook(handler_ctx_, *ev, error);
-                } catch (...) {
-                }
-            }
-        }
+        for (const auto& hook : hooks.after)
+            if (hook->live())
+                call_hook([&] { hook->fn(ctx, ev, outcome, error); });
+        if (!error)
+            return;
+        for (const auto& hook : hooks.error)
+            if (hook->live())
+                call_hook([&] { hook->fn(ctx, ev, error); });
+        if (hooks.failure.empty())
+            return;
+        const handler_failure failure{view, target.name, error};
+        for (const auto& hook : hooks.failure)
+            if (hook->live())
+                call_hook([&] { hook->fn(ctx, failure); });
     }
 
-    eventbus::dispatcher* dispatcher_;
+    // The store's handle on the state it shares with the user's dispatcher (mutable: a const
+    // store still lets its users register handlers, as the dispatcher itself does).
+    mutable eventbus::dispatcher dispatcher_;
+    std::shared_ptr<hook_state> hooks_;
     std::stop_source stop_;  // handlers' context: stopped by a close() whose context ended
     context handler_ctx_;
-    snapshot<hook_set> hooks_;
 };
 
 }  // namespace detail
@@ -3275,16 +3675,45 @@ class event_store {
             dispatch_until(mark);
     }
 
-    /// Waits until every event made eligible by a publish() that returned before this call has
-    /// been handled (sync: until no other thread is dispatching; returns at once when nothing
-    /// is in flight). Returns `ctx`'s error if it ends first, `errc::would_deadlock` when called
-    /// from inside one of this store's handlers (it would wait for itself). The store stays
-    /// usable. Thread-safe; sleeps (no polling).
-    std::error_code drain(const context& ctx) {
+    /// Has every event accepted before the call handled, published or not, and waits for it:
+    /// first publishes what was subscribed but not yet published (sync: dispatching it on the
+    /// caller), then waits until everything made eligible before has been handled (sync: until
+    /// no other thread is dispatching). Unlike GoEventBus's Drain, which waits only for handlers
+    /// already running, nothing subscribed is left behind. Returns `ctx`'s error if it ends
+    /// first, `errc::would_deadlock` when called from inside one of this store's handlers (it
+    /// would wait for itself). The store stays usable. Thread-safe; sleeps (no polling).
+    [[nodiscard]] std::error_code drain(const context& ctx) {
         if (detail::inside_dispatch_of(this))
             return errc::would_deadlock;
+        publish();
         if (pool_)
             return pool_->drain(ctx);
+        return wait_idle(ctx);
+    }
+
+    /// Runs the handlers of `ev` now, on the calling thread, without the ring ("immediate
+    /// dispatch", like EnTT's trigger or a Boost.Signals2 signal call): with the same hooks and
+    /// middleware as publish(), `ctx` as the handlers' context, and the same isolation (a
+    /// handler that throws is counted in `errors`, reported to the error hooks, and the others
+    /// still run). Returns `{}`, `errc::handler_failed` if a handler threw, `errc::closed` after
+    /// close(), or `ctx`'s error if it has already ended (then nothing runs). Counted in
+    /// `metrics().triggered`, not `published`; an event with no handler counts as `unhandled`.
+    /// Thread-safe, also from inside a handler, in sync and async mode; ignores
+    /// `ordered_by_key`. Allocates nothing (for a typed event: not even a copy of it); two
+    /// read-modify-writes to enter (as publish()), two for the batch's pin.
+    [[nodiscard]] std::error_code trigger(const context& ctx, const event& ev) {
+        return trigger_view(ctx, event_view(ev));
+    }
+    /// The same for a typed event, passed to its handlers as it is (no copy).
+    template <typed_event T>
+    [[nodiscard]] std::error_code trigger(const context& ctx, const T& value) {
+        static const key projection = key::of<T>();
+        return trigger_view(ctx, event_view(projection, &detail::type_tag<T>, &value));
+    }
+
+  private:
+    // Sync: waits until no thread is dispatching.
+    std::error_code wait_idle(const context& ctx) {
         return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
             return (dispatching_.load(std::memory_order_seq_cst) & active_mask) == 0
                        ? detail::attempt::ok
@@ -3292,13 +3721,32 @@ class event_store {
         });
     }
 
+    std::error_code trigger_view(const context& ctx, const event_view& ev) {
+        if (const std::error_code ended = ctx.err())
+            return ended;
+        if (ring_.is_closed())
+            return errc::closed;
+        const dispatch_scope scope(*this);
+        detail::handler_view own;
+        detail::handler_view& view = scope.leased() ? view_ : own;
+        core_.refresh(view);
+        detail::batch_counts counts;
+        core_.run_now(ev, view, counts, ctx);
+        const bool failed = counts.errors != 0;
+        add(counts, scope.leased(), 1);
+        if (scope.leased() && !view.permanent)
+            view.release_table();
+        return failed ? std::error_code(errc::handler_failed) : std::error_code();
+    }
+
+  public:
     /// Stops accepting (subscribe then returns `errc::closed`, blocked subscribers wake with
     /// it), has everything accepted handled (sync: on the caller; async: by the workers, which
     /// then exit) and waits for it. If `ctx` ends first, returns its error, triggers the stop
     /// token of the handlers' context (so long handlers can stop early), and leaves the rest to
     /// finish in the background; the destructor waits for it. From inside one of this store's
     /// handlers it does not wait. Idempotent; the destructor calls it.
-    std::error_code close(const context& ctx) {
+    [[nodiscard]] std::error_code close(const context& ctx) {
         stop_timers();
         ring_.close();
         if (ctx.done())
@@ -3307,7 +3755,7 @@ class event_store {
             dispatch_until(std::nullopt);
             if (detail::inside_dispatch_of(this))
                 return {};
-            if (const std::error_code error = drain(ctx))
+            if (const std::error_code error = wait_idle(ctx))
                 return error;
             return wait_for_timers(ctx);
         }
@@ -3339,40 +3787,42 @@ class event_store {
     /// store gives `errc::not_supported` for a future time (the timer thread would be a second
     /// producer). Thread-safe, also from a handler; allocates (the entry; std::system_error if
     /// the thread cannot be started).
-    timer_handle schedule(const context& ctx, context::clock::time_point when, event ev) {
+    [[nodiscard]] timer_handle schedule(const context& ctx, context::clock::time_point when,
+                                        event ev) {
         return schedule_envelope(ctx, when, detail::envelope(std::move(ev)));
     }
 
     /// `schedule` at a system_clock time (converted once, now, to the steady clock).
-    timer_handle schedule(const context& ctx, std::chrono::system_clock::time_point when,
-                          event ev) {
+    [[nodiscard]] timer_handle schedule(const context& ctx,
+                                        std::chrono::system_clock::time_point when, event ev) {
         const auto delay = when - std::chrono::system_clock::now();
         return schedule_after(ctx, delay, std::move(ev));
     }
 
     /// `schedule(ctx, now + delay, ev)`; a delay of zero or less publishes at once.
     template <class Rep, class Period>
-    timer_handle schedule_after(const context& ctx, std::chrono::duration<Rep, Period> delay,
-                                event ev) {
+    [[nodiscard]] timer_handle schedule_after(const context& ctx,
+                                              std::chrono::duration<Rep, Period> delay, event ev) {
         return schedule(ctx, due_after(delay), std::move(ev));
     }
 
     /// The same three for typed events.
     template <typed_event T>
-    timer_handle schedule(const context& ctx, context::clock::time_point when, T&& value) {
+    [[nodiscard]] timer_handle schedule(const context& ctx, context::clock::time_point when,
+                                        T&& value) {
         return schedule_envelope(
             ctx, when,
             detail::envelope(std::in_place_type<std::remove_cvref_t<T>>, std::forward<T>(value)));
     }
     template <typed_event T>
-    timer_handle schedule(const context& ctx, std::chrono::system_clock::time_point when,
-                          T&& value) {
+    [[nodiscard]] timer_handle schedule(const context& ctx,
+                                        std::chrono::system_clock::time_point when, T&& value) {
         const auto delay = when - std::chrono::system_clock::now();
         return schedule_after(ctx, delay, std::forward<T>(value));
     }
     template <class Rep, class Period, typed_event T>
-    timer_handle schedule_after(const context& ctx, std::chrono::duration<Rep, Period> delay,
-                                T&& value) {
+    [[nodiscard]] timer_handle schedule_after(const context& ctx,
+                                              std::chrono::duration<Rep, Period> delay, T&& value) {
         return schedule(ctx, due_after(delay), std::forward<T>(value));
     }
 
@@ -3396,6 +3846,8 @@ class event_store {
                    leased_errors_.load(std::memory_order_relaxed);
         m.unhandled = unhandled_.load(std::memory_order_relaxed) +
                       leased_unhandled_.load(std::memory_order_relaxed);
+        m.triggered = triggered_.load(std::memory_order_relaxed) +
+                      leased_triggered_.load(std::memory_order_relaxed);
         if (pool_) {
             const detail::batch_counts workers = pool_->counts();
             m.processed += workers.processed;
@@ -3410,22 +3862,35 @@ class event_store {
         return m;
     }
 
-    /// Hooks and middleware: thread-safe, allocate; seen by the next publish(). Per handler
-    /// call, in GoEventBus's order: before hooks, middleware (first registered outermost),
-    /// handler, after hooks, then error hooks if the call threw. An exception from a before hook
-    /// or middleware fails the call like one from the handler; exceptions from after and error
-    /// hooks are caught and discarded.
-    void use(middleware m) {
-        core_.change_hooks([&](detail::hook_set& h) { h.chain.push_back(std::move(m)); });
+    /// Hooks and middleware: thread-safe, allocate; seen by the next publish() (and trigger()).
+    /// They run once per handler call, in GoEventBus's order: before hooks, middleware (first
+    /// registered outermost), handler, after hooks, then error hooks if the call threw; an
+    /// event with two handlers runs them twice. An exception from a before hook or middleware
+    /// fails the call like one from the handler; exceptions from after and error hooks are
+    /// caught and discarded. Each returns a registration: `remove()` (or a
+    /// scoped_registration) unregisters it and waits until no batch that may still call it is
+    /// running on another thread. The registration may outlive the store.
+    registration use(middleware m) {
+        return core_.add_hook(&detail::hook_set::chain, std::move(m));
     }
-    void on_before(before_hook h) {
-        core_.change_hooks([&](detail::hook_set& set) { set.before.push_back(std::move(h)); });
+    registration on_before(before_hook h) {
+        return core_.add_hook(&detail::hook_set::before, std::move(h));
     }
-    void on_after(after_hook h) {
-        core_.change_hooks([&](detail::hook_set& set) { set.after.push_back(std::move(h)); });
+    registration on_after(after_hook h) {
+        return core_.add_hook(&detail::hook_set::after, std::move(h));
     }
-    void on_error(error_hook h) {
-        core_.change_hooks([&](detail::hook_set& set) { set.error.push_back(std::move(h)); });
+    registration on_error(error_hook h) {
+        return core_.add_hook(&detail::hook_set::error, std::move(h));
+    }
+    /// An error hook that sees the failed call's event as an `event_view` (a typed payload
+    /// through `get_if<T>()`) and the handler's name; runs after the `error_hook`s.
+    registration on_error(failure_hook h) {
+        return core_.add_hook(&detail::hook_set::failure, std::move(h));
+    }
+    /// Once per event that has no handler (counted in `unhandled` either way); exceptions from
+    /// it are caught and discarded.
+    registration on_unhandled(unhandled_hook h) {
+        return core_.add_hook(&detail::hook_set::unhandled, std::move(h));
     }
 
     [[nodiscard]] std::size_t capacity() const noexcept { return ring_.capacity(); }
@@ -3498,7 +3963,8 @@ class event_store {
             view.release_table();  // it may hold removable handlers: not kept while idle
     }
 
-    void add(const detail::batch_counts& counts, bool leased) noexcept {
+    void add(const detail::batch_counts& counts, bool leased,
+             std::uint64_t triggered = 0) noexcept {
         if (leased) {
             // Only the lease holder writes these: a load and a store, no shared RMW.
             const auto bump = [](std::atomic<std::uint64_t>& counter, std::uint64_t n) {
@@ -3509,6 +3975,7 @@ class event_store {
             bump(leased_processed_, counts.processed);
             bump(leased_errors_, counts.errors);
             bump(leased_unhandled_, counts.unhandled);
+            bump(leased_triggered_, triggered);
             return;
         }
         if (counts.processed)
@@ -3517,6 +3984,8 @@ class event_store {
             errors_.fetch_add(counts.errors, std::memory_order_relaxed);
         if (counts.unhandled)
             unhandled_.fetch_add(counts.unhandled, std::memory_order_relaxed);
+        if (triggered)
+            triggered_.fetch_add(triggered, std::memory_order_relaxed);
     }
 
     void shut_down() noexcept {
@@ -3618,12 +4087,14 @@ class event_store {
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> errors_{0};
     std::atomic<std::uint64_t> unhandled_{0};
+    std::atomic<std::uint64_t> triggered_{0};
     // Sync: the lease holder's copies of the table and hooks, kept between publishes, and its
     // counters (added to the shared ones by metrics()).
     alignas(cache_line_size) detail::handler_view view_;
     std::atomic<std::uint64_t> leased_processed_{0};
     std::atomic<std::uint64_t> leased_errors_{0};
     std::atomic<std::uint64_t> leased_unhandled_{0};
+    std::atomic<std::uint64_t> leased_triggered_{0};
     // The timer thread, created by the first schedule() of a future time.
     std::mutex timers_mutex_;
     bool timers_stopped_ = false;  // guarded by timers_mutex_
@@ -3661,7 +4132,7 @@ class event_store<Policy>::transaction {
 
     /// Buffers `ev`; nothing reaches the ring. `errc::finished` after commit or rollback.
     /// Allocates (the buffer grows; each event is boxed with the transaction's record).
-    std::error_code publish(event ev) {
+    [[nodiscard]] std::error_code publish(event ev) {
         if (!open_)
             return errc::finished;
         buffer(detail::envelope(std::move(ev)));
@@ -3670,7 +4141,7 @@ class event_store<Policy>::transaction {
 
     /// Buffers a typed event (as `event_store::subscribe` takes them).
     template <typed_event T>
-    std::error_code publish(T&& value) {
+    [[nodiscard]] std::error_code publish(T&& value) {
         if (!open_)
             return errc::finished;
         buffer(
@@ -3695,7 +4166,7 @@ class event_store<Policy>::transaction {
     /// In async mode, called from inside one of the store's handlers it would wait for its
     /// own thread: it returns `errc::would_deadlock` and enqueues nothing.
     /// `errc::finished` if committed or rolled back already.
-    std::error_code commit(const context& ctx) {
+    [[nodiscard]] std::error_code commit(const context& ctx) {
         if (!open_)
             return errc::finished;
         if (events_.empty()) {
@@ -3727,7 +4198,7 @@ class event_store<Policy>::transaction {
 
     /// Discards the buffered events; touches nothing else. `errc::finished` if committed or
     /// rolled back already.
-    std::error_code rollback() noexcept {
+    [[nodiscard]] std::error_code rollback() noexcept {
         if (!open_)
             return errc::finished;
         open_ = false;
