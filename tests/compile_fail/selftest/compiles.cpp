@@ -1,0 +1,6 @@
+// expect: .
+// A valid program: the checker must refuse it.
+
+int main() {
+    return 0;
+}
