@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Consume eventbus the ways a user would and check that it behaves:
 #   add_subdirectory        -DEVENTBUS_SOURCE_DIR=<repo>
-#   fetch_content           FetchContent_Declare(SOURCE_DIR <repo>)
+#   fetch_content           FetchContent_Declare(GIT_REPOSITORY file://<repo> GIT_TAG <sha>)
+#                           with HEAD's sha, and again with GIT_TAG main if there is a branch
+#                           main: committed content only (add_subdirectory builds the working
+#                           tree, uncommitted changes included)
 #   find_package            after `cmake --install` into a temporary prefix
 #   find_package (build)    eventbus_DIR=<eventbus build tree> (build-tree export)
 #   wrong version           find_package(eventbus 99) must fail to configure
@@ -74,7 +77,7 @@ check_flags() {
         fail "$name: eventbus warning flags leaked into the consumer's compile commands (above)"
         ok=0
     fi
-    if grep -E -- "\"file\": *\"$repo/(tests|examples|bench)/[^/]*\.cpp\"" "$db"; then
+    if grep -E -- "\"file\": *\"($repo|[^\"]*/_deps/eventbus-src)/(tests|examples|bench)/[^/]*\.cpp\"" "$db"; then
         fail "$name: eventbus tests/examples/benchmarks are built as part of the consumer (above)"
         ok=0
     fi
@@ -119,8 +122,39 @@ expect_found_at() {
 # 1. add_subdirectory ----------------------------------------------------------------------------
 consume add_subdirectory add_subdirectory -DEVENTBUS_SOURCE_DIR="$repo"
 
-# 2. FetchContent ------------------------------------------------------------------------------
-consume fetch_content fetch_content -DEVENTBUS_SOURCE_DIR="$repo"
+# 2. FetchContent, as README.md shows it (GIT_REPOSITORY + GIT_TAG), from this checkout --------
+# fetched_commit <name>: the commit FetchContent checked out for consumer <name>.
+fetched_commit() {
+    git -C "$work/$1/_deps/eventbus-src" rev-parse HEAD 2>/dev/null || echo "(none)"
+}
+
+if head="$(git -C "$repo" rev-parse --verify HEAD 2>&1)"; then
+    if [[ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]]; then
+        echo "note: fetch_content builds the committed HEAD ($head); uncommitted changes are not" \
+            "part of it"
+    fi
+    before=$failures
+    consume fetch_content fetch_content -DEVENTBUS_GIT_REPOSITORY="file://$repo" \
+        -DEVENTBUS_GIT_TAG="$head"
+    got="$(fetched_commit fetch_content)"
+    if ((failures == before)) && [[ "$got" != "$head" ]]; then
+        fail "fetch_content: GIT_TAG $head checked out $got"
+    fi
+
+    if main="$(git -C "$repo" rev-parse --verify -q refs/heads/main)"; then
+        before=$failures
+        consume fetch_content_main fetch_content -DEVENTBUS_GIT_REPOSITORY="file://$repo" \
+            -DEVENTBUS_GIT_TAG=main
+        got="$(fetched_commit fetch_content_main)"
+        if ((failures == before)) && [[ "$got" != "$main" ]]; then
+            fail "fetch_content_main: GIT_TAG main checked out $got, not main ($main)"
+        fi
+    else
+        echo "note: no branch main in $repo; GIT_TAG main not tried"
+    fi
+else
+    fail "fetch_content: $repo is not a git checkout with a commit (git: $head)"
+fi
 
 # 3. find_package after install ----------------------------------------------------------------
 echo "== install eventbus into a temporary prefix"
