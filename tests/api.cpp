@@ -510,3 +510,39 @@ TEST_CASE("arg<T> names the argument and both types when it fails", "[api][args]
     }
     CHECK_THROWS_AS(arg<int>(args{}, "x"), std::invalid_argument);
 }
+
+TEST_CASE("removals from inside handlers on two threads at once never wait for each other",
+          "[api][hooks][async]") {
+    // Two workers each inside a batch, each removing what the other may be running: a hook
+    // that removes itself, and two handlers that remove each other. Either would wait forever
+    // if each removal waited for the other's batch.
+    for (int round = 0; round < 20; ++round) {
+        dispatcher handlers;
+        std::atomic<int> arrived{0};
+        const auto meet = [&] {  // both workers inside their batch before either removes
+            arrived.fetch_add(1);
+            const auto deadline = std::chrono::steady_clock::now() + 200ms;
+            while (arrived.load() < 2 && std::chrono::steady_clock::now() < deadline)
+                std::this_thread::yield();
+        };
+        registration first;
+        registration second;
+        first = handlers.on("a", [&](const context&, const args&) {
+            meet();
+            second.remove();
+        });
+        second = handlers.on("b", [&](const context&, const args&) {
+            meet();
+            first.remove();
+        });
+        event_store<> store(handlers, 64, store_options{.async = true, .workers = 2});
+        registration hook;
+        hook = store.on_after([&](const context&, const event&, const result&, std::exception_ptr) {
+            hook.remove();
+        });
+        REQUIRE_FALSE(store.subscribe({}, make("a")));
+        REQUIRE_FALSE(store.subscribe({}, make("b")));
+        store.publish();
+        REQUIRE_FALSE(store.drain(context{}.with_timeout(10s)));
+    }
+}

@@ -2011,66 +2011,39 @@ class pin_registry {
     void announce() noexcept { quiesce_.notify_if_waiting(); }
 
     /// remove(), after marking `target` removed: waits until no other thread is inside a call
-    /// of it. A call on this thread is not waited for (a handler may remove itself). Nor is a
-    /// call of `target` whose thread is itself waiting to remove `target` when this thread does
-    /// so from inside a call of `target` too (two "once" handlers removing themselves).
+    /// of it. A call on this thread is not waited for (a handler may remove itself). Nor, when
+    /// this thread is itself inside a batch, is a call on a thread that is itself waiting in a
+    /// removal: the two could be waiting for each other (two "once" handlers removing
+    /// themselves, or each other, at the same time).
     void wait_for_calls(const void* target) {
-        bool inside_target = false;
-        for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
-            if (f->record->current.load(std::memory_order_relaxed) == target)
-                inside_target = true;
-        // Say what this thread removes, for the exemption above (undone on every way out).
-        struct unpark {
-            ~unpark() {
-                for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
-                    f->record->parked_on.store(nullptr, std::memory_order_seq_cst);
-            }
-        } undo;
-        for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer) {
-            f->record->parked_on.exchange(target, std::memory_order_seq_cst);
-            f->record->owner->quiesce_.notify_if_waiting();
-        }
+        const parking parked(target);
         // Pairs with the light fence of every batch (see the class comment).
         asymmetric_fence_heavy();
-        const context never;
-        for (chunk* c = &first_; c != nullptr; c = c->next.load(std::memory_order_acquire)) {
-            for (pin_record& r : c->records) {
-                if (held_here(r))
-                    continue;
-                const auto settled = [&]() noexcept {
-                    // Acquire: once `current` has moved on, the call of `target` is over.
-                    if (r.current.load(std::memory_order_acquire) != target)
-                        return attempt::ok;
-                    // That thread is inside `target`, itself waiting to remove `target`, and so
-                    // are we: neither waits for the other (both calls are of "once" handlers).
-                    if (inside_target && r.parked_on.load(std::memory_order_seq_cst) == target)
-                        return attempt::ok;
-                    return attempt::busy;
-                };
-                (void)retry_or_wait(quiesce_, never, settled, true);
-            }
-        }
+        for_each_other_record([&](pin_record& r) {
+            return [&r, target]() noexcept {
+                // Acquire: once `current` has moved on, the call of `target` is over.
+                if (r.current.load(std::memory_order_acquire) != target)
+                    return attempt::ok;
+                return parked_elsewhere(r) ? attempt::ok : attempt::busy;
+            };
+        });
     }
 
     /// A hook's removal, after marking it removed (seq_cst): waits until every batch that other
-    /// threads had begun has ended. A batch checks a hook's `removed` (seq_cst) after taking
-    /// its record (a seq_cst read-modify-write) and before each call: either it sees the mark,
-    /// or its record was taken before our loads below and we wait for it.
-    void wait_for_batches() noexcept {
-        const context never;
-        for (chunk* c = &first_; c != nullptr; c = c->next.load(std::memory_order_acquire)) {
-            for (pin_record& r : c->records) {
-                if (held_here(r))
-                    continue;
-                const std::uint64_t word = r.word.load(std::memory_order_seq_cst);
-                if ((word & 1) == 0)
-                    continue;
-                (void)retry_or_wait(quiesce_, never, [&]() noexcept {
-                    return r.word.load(std::memory_order_seq_cst) != word ? attempt::ok
-                                                                          : attempt::busy;
-                });
-            }
-        }
+    /// threads had begun has ended (with the exemption of wait_for_calls). A batch checks a
+    /// hook's `removed` (seq_cst) after taking its record (a seq_cst read-modify-write) and
+    /// before each call: either it sees the mark, or its record was taken before our loads
+    /// below and we wait for it.
+    void wait_for_batches(const void* target) noexcept {
+        const parking parked(target);
+        for_each_other_record([&](pin_record& r) {
+            const std::uint64_t word = r.word.load(std::memory_order_seq_cst);
+            return [&r, word]() noexcept {
+                if ((word & 1) == 0 || r.word.load(std::memory_order_seq_cst) != word)
+                    return attempt::ok;
+                return parked_elsewhere(r) ? attempt::ok : attempt::busy;
+            };
+        });
     }
 
   private:
@@ -2079,6 +2052,40 @@ class pin_registry {
         std::array<pin_record, chunk_size> records{};
         std::atomic<chunk*> next{nullptr};
     };
+
+    // While this thread waits in a removal, its batches' records say so (see wait_for_calls);
+    // undone on every way out.
+    class parking {
+      public:
+        explicit parking(const void* target) noexcept {
+            for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer) {
+                f->record->parked_on.store(target, std::memory_order_seq_cst);
+                f->record->owner->quiesce_.notify_if_waiting();
+            }
+        }
+        parking(const parking&) = delete;
+        parking& operator=(const parking&) = delete;
+        ~parking() {
+            for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
+                f->record->parked_on.store(nullptr, std::memory_order_seq_cst);
+        }
+    };
+
+    // Whether a record's thread is waiting in a removal while this thread is inside a batch:
+    // then neither waits for the other.
+    static bool parked_elsewhere(const pin_record& r) noexcept {
+        return pin_frames != nullptr && r.parked_on.load(std::memory_order_seq_cst) != nullptr;
+    }
+
+    // Waits, for each record not held by this thread, until `make_check(record)` says ok.
+    template <class MakeCheck>
+    void for_each_other_record(MakeCheck&& make_check) {
+        const context never;
+        for (chunk* c = &first_; c != nullptr; c = c->next.load(std::memory_order_acquire))
+            for (pin_record& r : c->records)
+                if (!held_here(r))
+                    (void)retry_or_wait(quiesce_, never, make_check(r), true);
+    }
 
     static bool held_here(const pin_record& r) noexcept {
         for (const pin_frame* f = pin_frames; f != nullptr; f = f->outer)
@@ -2392,9 +2399,12 @@ class registration {
             entry_->handles.fetch_sub(1, std::memory_order_release);
     }
 
-    /// Unregisters the handler (or hook) and waits for its calls in flight on other threads
-    /// (not for a call on this thread: a handler may remove itself). Idempotent. Thread-safe;
-    /// allocates (a copy of the table), never throws.
+    /// Unregisters the handler (or hook) and waits for its calls in flight on other threads:
+    /// once it returns, the callable is not running and never will again. Not waited for: a
+    /// call on this thread (a handler may remove itself) and, when this runs inside a handler,
+    /// a call on a thread that is itself waiting in a removal (the two would wait for each
+    /// other). Removing a hook waits for every batch running on other threads. Idempotent.
+    /// Thread-safe; allocates (a copy of the table), never throws.
     void remove() noexcept {
         if (entry_) {
             // Our own reference: another thread may free this registration as soon as its own
@@ -2740,7 +2750,7 @@ struct hook_state {
             }
         }
         target.removed.store(true, std::memory_order_seq_cst);
-        dispatcher->pins.wait_for_batches();
+        dispatcher->pins.wait_for_batches(&target);
     }
 
     static registration registration_of(std::shared_ptr<registered> entry) noexcept {
