@@ -3627,7 +3627,8 @@ class event_store {
   public:
     /// Throws `std::invalid_argument` for a capacity of 0, not a power of two, or too large. In
     /// async mode starts the workers (std::system_error if a thread cannot be started).
-    /// Allocates the ring's slots (sync mode: nothing else, no thread).
+    /// Allocates the ring's slots and the hooks' state (sync mode: nothing else, no thread).
+    /// The store shares `handlers`' table: either may be destroyed first.
     event_store(eventbus::dispatcher& handlers, std::size_t capacity, store_options options = {})
         : ring_(capacity, ring_options{.single_producer = options.single_producer})
         , core_(handlers)
@@ -3905,6 +3906,9 @@ class event_store {
 
     [[nodiscard]] std::size_t capacity() const noexcept { return ring_.capacity(); }
     [[nodiscard]] const store_options& options() const noexcept { return options_; }
+    /// The store's own handle on its dispatcher's table (valid as long as the store, even after
+    /// the dispatcher it was built with is gone): handlers registered through it are the
+    /// dispatcher's.
     [[nodiscard]] eventbus::dispatcher& dispatcher() const noexcept { return core_.dispatcher(); }
 
   private:
