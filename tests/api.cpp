@@ -546,3 +546,55 @@ TEST_CASE("removals from inside handlers on two threads at once never wait for e
         REQUIRE_FALSE(store.drain(context{}.with_timeout(10s)));
     }
 }
+
+TEST_CASE("a handler subscribing into its own full block store gets would_deadlock, not a hang",
+          "[api]") {
+    for (const bool async : {false, true}) {
+        dispatcher handlers;
+        std::vector<std::error_code> inner;
+        event_store<block>* self = nullptr;
+        std::atomic<bool> release{false};
+        (void)handlers.on("outer", [&](const context&, const args&) {
+            // Fill the ring from inside the handler: the last subscribe finds it full.
+            for (int i = 0; i < 3; ++i)
+                inner.push_back(self->subscribe({}, make("inner")));
+        });
+        (void)handlers.on("inner", [](const context&, const args&) {});
+        event_store<block> store(handlers, 2, store_options{.async = async, .workers = 1});
+        self = &store;
+        REQUIRE_FALSE(store.subscribe({}, make("outer")));
+        REQUIRE_FALSE(store.drain(context{}.with_timeout(10s)));
+        release.store(true);
+        REQUIRE(inner.size() == 3);
+        CHECK_FALSE(inner[0]);
+        CHECK_FALSE(inner[1]);
+        CHECK(inner[2] == errc::would_deadlock);
+        REQUIRE_FALSE(store.drain({}));
+        const store_metrics m = store.metrics();
+        CHECK(m.published == 3);
+        CHECK(m.processed == 3);
+    }
+}
+
+TEST_CASE("close() lets the handlers it is finishing trigger follow-ups", "[api][trigger]") {
+    for (const bool async : {false, true}) {
+        dispatcher handlers;
+        std::atomic<int> follow_ups{0};
+        std::atomic<int> refused{0};
+        event_store<>* self = nullptr;
+        (void)handlers.on("order", [&](const context& ctx, const args&) {
+            if (self->trigger(ctx, make("shipped")))
+                refused.fetch_add(1);
+        });
+        (void)handlers.on("shipped", [&](const context&, const args&) { follow_ups.fetch_add(1); });
+        event_store<> store(handlers, 128, store_options{.async = async, .workers = 2});
+        self = &store;
+        for (int i = 0; i < 100; ++i)
+            REQUIRE_FALSE(store.subscribe({}, make("order")));
+        store.publish();
+        REQUIRE_FALSE(store.close({}));
+        CHECK(follow_ups == 100);
+        CHECK(refused == 0);
+        CHECK(store.trigger({}, make("shipped")) == errc::closed);
+    }
+}

@@ -3651,10 +3651,13 @@ class event_store {
     /// Enqueues `ev` under the store's policy: `{}`, `errc::buffer_full` (return_error),
     /// `errc::cancelled` / `errc::deadline_exceeded` (block, when `ctx` ends while waiting), or
     /// `errc::closed`. Thread-safe (unless single_producer), also from inside a handler;
-    /// lock-free unless it has to sleep (block). Allocates one box for the event (its args are
-    /// moved into it, never copied); std::bad_alloc if that fails, with nothing enqueued.
+    /// lock-free unless it has to sleep (block). From inside one of this store's handlers a
+    /// full block store returns `errc::would_deadlock` at once instead of waiting: the
+    /// handler's thread may be the one that has to make room. Allocates one box for the event
+    /// (its args are moved into it, never copied); std::bad_alloc if that fails, with nothing
+    /// enqueued.
     [[nodiscard]] std::error_code subscribe(const context& ctx, event ev) {
-        return ring_.emplace(ctx, detail::envelope(std::move(ev)));
+        return enqueue(ctx, detail::envelope(std::move(ev)));
     }
 
     /// Enqueues a typed event: `subscribe(ctx, house_was_sold{"123 Main St", 500000})`. Its key
@@ -3666,10 +3669,9 @@ class event_store {
     [[nodiscard]] std::error_code subscribe(const context& ctx, T&& value) {
         using U = std::remove_cvref_t<T>;
         if constexpr (detail::stored_inline<U> && std::is_nothrow_constructible_v<U, T&&>)
-            return ring_.emplace(ctx, std::in_place_type<U>, std::forward<T>(value));
+            return enqueue(ctx, std::in_place_type<U>, std::forward<T>(value));
         else
-            return ring_.emplace(ctx,
-                                 detail::envelope(std::in_place_type<U>, std::forward<T>(value)));
+            return enqueue(ctx, detail::envelope(std::in_place_type<U>, std::forward<T>(value)));
     }
 
     /// Sync: dispatches, in FIFO order on the calling thread, every event enqueued before the
@@ -3707,7 +3709,8 @@ class event_store {
     /// middleware as publish(), `ctx` as the handlers' context, and the same isolation (a
     /// handler that throws is counted in `errors`, reported to the error hooks, and the others
     /// still run). Returns `{}`, `errc::handler_failed` if a handler threw, `errc::closed` after
-    /// close(), or `ctx`'s error if it has already ended (then nothing runs). Counted in
+    /// close() (except from inside one of this store's handlers, which close() is still
+    /// finishing), or `ctx`'s error if it has already ended (then nothing runs). Counted in
     /// `metrics().triggered`, not `published`; an event with no handler counts as `unhandled`.
     /// Thread-safe, also from inside a handler, in sync and async mode; ignores
     /// `ordered_by_key`. Allocates nothing (for a typed event: not even a copy of it); two
@@ -3723,6 +3726,17 @@ class event_store {
     }
 
   private:
+    template <class... Args>
+    EVENTBUS_ALWAYS_INLINE std::error_code enqueue(const context& ctx, Args&&... values) {
+        if constexpr (std::same_as<Policy, block>) {
+            if (detail::inside_dispatch_of(this)) {
+                const std::error_code error = ring_.try_emplace(std::forward<Args>(values)...);
+                return error == errc::buffer_full ? std::error_code(errc::would_deadlock) : error;
+            }
+        }
+        return ring_.emplace(ctx, std::forward<Args>(values)...);
+    }
+
     // Sync: waits until no thread is dispatching.
     std::error_code wait_idle(const context& ctx) {
         return detail::retry_or_wait(idle_, ctx, [&]() noexcept {
@@ -3735,7 +3749,9 @@ class event_store {
     std::error_code trigger_view(const context& ctx, const event_view& ev) {
         if (const std::error_code ended = ctx.err())
             return ended;
-        if (ring_.is_closed())
+        // From inside a handler of this store, the event that runs it was accepted before a
+        // close(), which has it handled: its follow-ups still run.
+        if (ring_.is_closed() && !detail::inside_dispatch_of(this))
             return errc::closed;
         const dispatch_scope scope(*this);
         detail::handler_view own;
