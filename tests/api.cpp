@@ -598,3 +598,35 @@ TEST_CASE("close() lets the handlers it is finishing trigger follow-ups", "[api]
         CHECK(store.trigger({}, make("shipped")) == errc::closed);
     }
 }
+
+TEST_CASE("a sync handler committing into its own full block store gets would_deadlock", "[api]") {
+    dispatcher handlers;
+    std::error_code inner;
+    event_store<block>* self = nullptr;
+    (void)handlers.on("outer", [&](const context&, const args&) {
+        // One slot is left after subscribing twice; the run of two does not fit.
+        REQUIRE_FALSE(self->subscribe({}, make("filler")));
+        auto tx = self->begin_transaction();
+        REQUIRE_FALSE(tx.publish(make("inner")));
+        REQUIRE_FALSE(tx.publish(make("inner")));
+        inner = tx.commit({});
+        CHECK(tx.is_open());
+        CHECK_FALSE(tx.rollback());
+    });
+    event_store<block> store(handlers, 2);
+    self = &store;
+    REQUIRE_FALSE(store.subscribe({}, make("outer")));
+    REQUIRE_FALSE(store.subscribe({}, make("other")));
+    REQUIRE_FALSE(store.drain(context{}.with_timeout(10s)));
+    CHECK(inner == errc::would_deadlock);
+}
+
+TEST_CASE("a full block store returns at once for a context that has already ended", "[api]") {
+    dispatcher handlers;
+    event_store<block> store(handlers, 1);
+    REQUIRE_FALSE(store.subscribe({}, make("a")));
+    std::stop_source stop;
+    stop.request_stop();
+    CHECK(store.subscribe(context(stop.get_token()), make("b")) == errc::cancelled);
+    CHECK(store.metrics().published == 1);
+}

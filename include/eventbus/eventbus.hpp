@@ -121,7 +121,7 @@ enum class errc {
     cancelled,          ///< the context's stop_token was triggered
     deadline_exceeded,  ///< the context's deadline passed
     closed,             ///< the ring or store was closed
-    handler_failed,     ///< a handler threw (transactions)
+    handler_failed,     ///< a handler threw (transaction commit, trigger)
     would_deadlock,     ///< the call would wait for the calling handler itself
     exceeds_capacity,   ///< more elements at once than the ring can ever hold (transactions)
     finished,           ///< the transaction was committed or rolled back already
@@ -481,8 +481,13 @@ template <class TryOnce>
 std::error_code retry_or_wait(event_count& ec, const context& ctx, TryOnce&& try_once,
                               bool heavy_fence = false) {
     backoff wait;
+    bool first = true;
     for (;;) {
         attempt result = try_once();
+        if (result == attempt::busy && std::exchange(first, false)) {
+            if (auto error = ctx.err())
+                return error;  // ended before the call: do not spin first
+        }
         if (result == attempt::busy && wait.is_completed()) {
             if (auto error = ctx.err())
                 return error;
@@ -3713,8 +3718,8 @@ class event_store {
     /// finishing), or `ctx`'s error if it has already ended (then nothing runs). Counted in
     /// `metrics().triggered`, not `published`; an event with no handler counts as `unhandled`.
     /// Thread-safe, also from inside a handler, in sync and async mode; ignores
-    /// `ordered_by_key`. Allocates nothing (for a typed event: not even a copy of it); two
-    /// read-modify-writes to enter (as publish()), two for the batch's pin.
+    /// `ordered_by_key`. Allocates nothing (for a typed event: not even a copy of it); three
+    /// read-modify-writes to enter and leave (as a sync publish()), two for the batch's pin.
     [[nodiscard]] std::error_code trigger(const context& ctx, const event& ev) {
         return trigger_view(ctx, event_view(ev));
     }
@@ -4194,8 +4199,9 @@ class event_store<Policy>::transaction {
     /// `errc::dropped` if drop_oldest overwrote one of them before it was handled, or `ctx`'s
     /// error if it ends before they are all handled (they are still handled later).
     /// In async mode, called from inside one of the store's handlers it would wait for its
-    /// own thread: it returns `errc::would_deadlock` and enqueues nothing.
-    /// `errc::finished` if committed or rolled back already.
+    /// own thread: it returns `errc::would_deadlock` and enqueues nothing; so does a sync
+    /// block store from inside a handler when the run does not fit now (the transaction then
+    /// stays open). `errc::finished` if committed or rolled back already.
     [[nodiscard]] std::error_code commit(const context& ctx) {
         if (!open_)
             return errc::finished;
@@ -4207,7 +4213,7 @@ class event_store<Policy>::transaction {
             return errc::would_deadlock;
         // Nothing else holds the record yet: the count is published by push_n's release.
         record_->remaining.store(events_.size(), std::memory_order_relaxed);
-        if (const std::error_code error = store_->ring_.push_n(ctx, events_))
+        if (const std::error_code error = push_all(ctx))
             return error;
         events_.clear();  // moved-from envelopes
         open_ = false;
@@ -4226,6 +4232,21 @@ class event_store<Policy>::transaction {
         return {};
     }
 
+  private:
+    // From inside one of the store's handlers a full block store does not wait (the handler's
+    // thread may be the one that has to make room): errc::would_deadlock, the transaction
+    // still open.
+    std::error_code push_all(const context& ctx) {
+        if constexpr (std::same_as<Policy, block>) {
+            if (detail::inside_dispatch_of(store_)) {
+                const std::error_code error = store_->ring_.try_push_n(events_);
+                return error == errc::buffer_full ? std::error_code(errc::would_deadlock) : error;
+            }
+        }
+        return store_->ring_.push_n(ctx, events_);
+    }
+
+  public:
     /// Discards the buffered events; touches nothing else. `errc::finished` if committed or
     /// rolled back already.
     [[nodiscard]] std::error_code rollback() noexcept {
