@@ -84,9 +84,9 @@
 //                               on event_store<block> (capacity 1024): a std::stop_source made
 //                               and stopped, an eventbus::context on its token, subscribe(ctx,
 //                               event{}) (typed: typed_evt{}); checked: every call returned
-//                               errc::cancelled, nothing was added. (eventbus's blocking wait
-//                               spins and yields briefly before it reads the context, so this row
-//                               includes that back-off; Go's includes a Gosched() and a timer.)
+//                               errc::cancelled, nothing was added. (A context that has already
+//                               ended is read before any wait; Go's Subscribe first calls
+//                               runtime.Gosched() and starts a 10 us timer.)
 //   BM_DrainSync/<kind>         Go: sync store of capacity 1024, 1000 events subscribed and
 //                               published (untimed); timed: b.N x Drain() on that idle store.
 //                               Here the same: drain(ctx), which finds nothing pending and no
