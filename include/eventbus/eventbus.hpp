@@ -2881,7 +2881,10 @@ struct handler_view {
     bool permanent = false;
 
     [[nodiscard]] const handler_list* handlers_of(const envelope& env) noexcept {
-        return handlers_of(env.type(), env.projection());
+        const void* type = env.type();
+        if (type != nullptr && type == last_type)
+            return last_handlers;  // before projection(), an indirect call
+        return handlers_of(type, env.projection());
     }
     [[nodiscard]] const handler_list* handlers_of(const void* type,
                                                   const key& projection) noexcept {
