@@ -2,6 +2,8 @@
 #include <eventbus/eventbus.hpp>
 
 #include <chrono>
+#include <limits>
+#include <stdexcept>
 #include <stop_token>
 #include <system_error>
 #include <type_traits>
@@ -104,4 +106,11 @@ TEST_CASE("a deadline in the past has already passed; a huge timeout means none"
     CHECK(negative.err() == eventbus::errc::deadline_exceeded);
     const auto tiny_negative = eventbus::context{}.with_timeout(std::chrono::nanoseconds::min());
     CHECK(tiny_negative.done());
+}
+
+TEST_CASE("a NaN timeout is a bad argument, not undefined behaviour", "[context]") {
+    const std::chrono::duration<double> nan(std::numeric_limits<double>::quiet_NaN());
+    CHECK_THROWS_AS(eventbus::context{}.with_timeout(nan), std::invalid_argument);
+    const std::chrono::duration<double> inf(std::numeric_limits<double>::infinity());
+    CHECK_FALSE(eventbus::context{}.with_timeout(inf).done());  // too far: no deadline
 }

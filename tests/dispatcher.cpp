@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -470,4 +471,21 @@ TEST_CASE("a 'once' handler on each of two workers removes itself without waitin
     CHECK(inside == 2);
     CHECK_FALSE(first);
     CHECK_FALSE(second);
+}
+
+TEST_CASE("an empty callable is refused at registration, not called at publish", "[dispatcher]") {
+    dispatcher handlers;
+    void (*null_fn)(const context&, const args&) = nullptr;
+    CHECK_THROWS_AS(handlers.on("k", null_fn), std::invalid_argument);
+    const std::function<void(const context&, const args&)> empty;
+    CHECK_THROWS_AS(handlers.on("k", empty), std::invalid_argument);
+    struct tick {
+        int n = 0;
+    };
+    const std::function<void(const tick&)> empty_typed;
+    CHECK_THROWS_AS(handlers.on<tick>(empty_typed), std::invalid_argument);
+    event_store<> store(handlers, 8);
+    CHECK_THROWS_AS(store.on_before(eventbus::before_hook{}), std::invalid_argument);
+    CHECK_THROWS_AS(store.use(eventbus::middleware{}), std::invalid_argument);
+    CHECK(handlers.handlers()->empty());  // nothing was registered
 }

@@ -887,3 +887,22 @@ TEMPLATE_TEST_CASE("concurrent push_n runs arrive contiguous and exactly once", 
         check_runs_contiguous<TestType>(capacity, 8);
     }
 }
+
+TEST_CASE("capacities beyond the maximum are refused as arguments, with the reason", "[ring]") {
+    for (const std::size_t capacity : {std::size_t{1} << 40, std::size_t{1} << 62}) {
+        try {
+            ring_buffer<int> ring(capacity);
+            FAIL("accepted " << capacity);
+        } catch (const std::invalid_argument& e) {
+            const std::string what = e.what();
+            CHECK(what.find("exceeds the maximum") != std::string::npos);
+            CHECK(what.find(std::to_string(capacity)) != std::string::npos);
+        }
+    }
+    try {
+        ring_buffer<int> ring(3);
+        FAIL("accepted 3");
+    } catch (const std::invalid_argument& e) {
+        CHECK(std::string(e.what()).find("power of two") != std::string::npos);
+    }
+}

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <limits>
+#include <stdexcept>
 #include <stop_token>
 #include <thread>
 #include <vector>
@@ -246,4 +248,27 @@ TEST_CASE("return_error: an event due while the ring is full is refused and coun
     CHECK_FALSE(handle.cancel());
     store.publish();
     CHECK(calls == 1);
+}
+
+TEST_CASE("schedule at the earliest system_clock time publishes at once, without overflow",
+          "[schedule]") {
+    int calls = 0;
+    dispatcher handlers{{"e", [&](const context&, const args&) { ++calls; }}};
+    event_store<> store(handlers, 8);
+    const timer_handle h = store.schedule(context{}, std::chrono::system_clock::time_point::min(),
+                                          event{.id = "1", .projection = "e", .args = {}});
+    CHECK_FALSE(h);
+    CHECK_FALSE(h.error());
+    CHECK(calls == 1);
+    CHECK(store.metrics().scheduled == 0);
+}
+
+TEST_CASE("a NaN delay is a bad argument, and nothing is scheduled", "[schedule]") {
+    dispatcher handlers{{"e", [](const context&, const args&) {}}};
+    event_store<> store(handlers, 8);
+    const std::chrono::duration<double> nan(std::numeric_limits<double>::quiet_NaN());
+    CHECK_THROWS_AS(
+        (void)store.schedule_after(context{}, nan, event{.id = "1", .projection = "e", .args = {}}),
+        std::invalid_argument);
+    CHECK(store.metrics().published == 0);
 }

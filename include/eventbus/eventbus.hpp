@@ -203,6 +203,18 @@ inline namespace v0 {
 
 // context /////////////////////////////////////////////////////////////////////////////////////////
 
+namespace detail {
+/// `std::invalid_argument` for a floating-point duration that is NaN (no time point is
+/// that far).
+template <class Rep, class Period>
+void check_not_nan(std::chrono::duration<Rep, Period> d, const char* what) {
+    if constexpr (std::is_floating_point_v<Rep>) {
+        if (d.count() != d.count())
+            throw std::invalid_argument(std::string("eventbus: ") + what + " is NaN");
+    }
+}
+}  // namespace detail
+
 /// What `context.Context` is to GoEventBus: cancellation (a `std::stop_token`) plus an optional
 /// deadline. Cheap to copy (a shared stop state and a time point). `context{}` never ends.
 /// Thread-safe: a context is immutable; derive new ones with `with_deadline` / `with_timeout`.
@@ -224,6 +236,7 @@ class context {
     /// A copy that also ends `timeout` from now. A timeout too large to represent means none.
     template <class Rep, class Period>
     [[nodiscard]] context with_timeout(std::chrono::duration<Rep, Period> timeout) const {
+        detail::check_not_nan(timeout, "a timeout");
         const auto now = clock::now();
         if (timeout <= timeout.zero())
             return with_deadline(now);
@@ -261,7 +274,14 @@ class context {
 
 namespace detail {
 
+/// The largest capacity of a ring (2^32 slots, 256 GiB of 64-byte slots): larger ones are
+/// refused as arguments rather than attempted as allocations.
+inline constexpr std::size_t max_capacity = std::size_t{1} << 32;
+
 [[noreturn]] inline void throw_invalid_capacity(std::size_t capacity) {
+    if (capacity > max_capacity)
+        throw std::invalid_argument("eventbus: capacity " + std::to_string(capacity) +
+                                    " exceeds the maximum, 2^32 (4294967296)");
     throw std::invalid_argument(
         "eventbus: capacity must be a power of two greater than zero, got " +
         std::to_string(capacity));
@@ -929,9 +949,8 @@ class ring_buffer {
     static_assert(std::has_single_bit(slots_per_line));
 
     static std::size_t checked_capacity(std::size_t capacity) {
-        if (capacity == 0 || !std::has_single_bit(capacity) ||
-            capacity > std::numeric_limits<std::size_t>::max() / sizeof(slot) ||
-            capacity > (std::uint64_t{1} << 62))
+        if (capacity == 0 || !std::has_single_bit(capacity) || capacity > detail::max_capacity ||
+            capacity > std::numeric_limits<std::size_t>::max() / sizeof(slot))
             detail::throw_invalid_capacity(capacity);
         return capacity;
     }
@@ -2238,6 +2257,24 @@ result as_result(R&& r) {
     }
 }
 
+template <class F>
+struct is_std_function : std::false_type {};
+template <class S>
+struct is_std_function<std::function<S>> : std::true_type {};
+
+/// `std::invalid_argument` for a callable that cannot be called: a null function pointer or an
+/// empty std::function.
+template <class F>
+void check_callable(const F& fn) {
+    if constexpr (std::is_pointer_v<F> || std::is_member_pointer_v<F> ||
+                  is_std_function<F>::value) {
+        if (!fn)
+            throw std::invalid_argument(
+                "eventbus: a handler, hook or middleware must not be empty (a null function "
+                "pointer or an empty std::function)");
+    }
+}
+
 [[noreturn]] inline void throw_payload_mismatch(const char* expected) {
     throw std::invalid_argument(std::string("eventbus: a handler taking ") + expected +
                                 " was given an event of another kind under its key");
@@ -2257,6 +2294,7 @@ class handler {
         handler(F fn)  // NOLINT: implicit, so lambdas fit a braced dispatcher list
         : type_(nullptr) {
         static_assert(detail::handler_callable<F>, EVENTBUS_HANDLER_FORMS);
+        detail::check_callable(fn);
         if constexpr (detail::args_handler<F>) {
             call_ = {&invoke_args<F>, std::make_shared<F>(std::move(fn))};
         } else if constexpr (detail::deducible_typed_handler<F>) {
@@ -2271,6 +2309,7 @@ class handler {
     [[nodiscard]] static handler of(F fn) {
         using U = std::remove_cvref_t<T>;
         static_assert(detail::typed_handler_for<F, U>, EVENTBUS_TYPED_HANDLER_FORMS);
+        detail::check_callable(fn);
         if constexpr (detail::typed_handler_for<F, U>)
             return handler(&detail::type_tag<U>,
                            {&invoke_typed<U, F>, std::make_shared<F>(std::move(fn))});
@@ -2727,6 +2766,7 @@ struct hook_state {
 
     template <class F>
     registration add(hook_list<F> hook_set::*list, F fn, const std::shared_ptr<hook_state>& self) {
+        check_callable(fn);
         auto entry = std::make_shared<hook_entry<F>>(std::move(fn));
         entry->owner = self;
         set.update([&](hook_set& s) { (s.*list).push_back(entry); });
@@ -3830,8 +3870,7 @@ class event_store {
     /// `schedule` at a system_clock time (converted once, now, to the steady clock).
     [[nodiscard]] timer_handle schedule(const context& ctx,
                                         std::chrono::system_clock::time_point when, event ev) {
-        const auto delay = when - std::chrono::system_clock::now();
-        return schedule_after(ctx, delay, std::move(ev));
+        return schedule_after(ctx, delay_until(when), std::move(ev));
     }
 
     /// `schedule(ctx, now + delay, ev)`; a delay of zero or less publishes at once.
@@ -3852,8 +3891,7 @@ class event_store {
     template <typed_event T>
     [[nodiscard]] timer_handle schedule(const context& ctx,
                                         std::chrono::system_clock::time_point when, T&& value) {
-        const auto delay = when - std::chrono::system_clock::now();
-        return schedule_after(ctx, delay, std::forward<T>(value));
+        return schedule_after(ctx, delay_until(when), std::forward<T>(value));
     }
     template <class Rep, class Period, typed_event T>
     [[nodiscard]] timer_handle schedule_after(const context& ctx,
@@ -4043,8 +4081,16 @@ class event_store {
         join_timers();
     }
 
+    // From now to `when`, never negative (no overflow for time_point::min()).
+    static std::chrono::system_clock::duration delay_until(
+        std::chrono::system_clock::time_point when) noexcept {
+        const auto now = std::chrono::system_clock::now();
+        return when <= now ? std::chrono::system_clock::duration::zero() : when - now;
+    }
+
     template <class Rep, class Period>
     static context::clock::time_point due_after(std::chrono::duration<Rep, Period> delay) {
+        detail::check_not_nan(delay, "a delay");
         const auto now = context::clock::now();
         if (delay <= delay.zero())
             return now;
