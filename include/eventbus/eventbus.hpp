@@ -3625,13 +3625,29 @@ class timer_service {
                 q.wake.wait_until(lock, q.pending.begin()->first);
                 continue;
             }
+            // An entry leaves the queue only once it has a place in `due`: if that place cannot
+            // be allocated, the entries already taken are handled now and the rest stay queued
+            // for the next round (with no place at all, one entry is handled on its own).
+            std::shared_ptr<timer_entry> alone;
             while (!q.pending.empty() && q.pending.begin()->first <= now) {
-                auto entry = std::move(q.pending.begin()->second);
+                std::shared_ptr<timer_entry>& next = q.pending.begin()->second;
+                try {
+                    due.push_back(next);
+                } catch (const std::bad_alloc&) {
+                    if (due.empty())
+                        alone = std::move(next);
+                    else
+                        break;
+                }
+                (alone ? alone : due.back())
+                    ->status.store(timer_entry::state::fired, std::memory_order_release);
                 q.pending.erase(q.pending.begin());
-                entry->status.store(timer_entry::state::fired, std::memory_order_release);
-                due.push_back(std::move(entry));
+                if (alone)
+                    break;
             }
             lock.unlock();
+            if (alone)
+                due_alone(*alone, q);
             bool enqueued = false;
             for (const auto& entry : due) {
                 if (store_.enqueue_due(entry->ctx, std::move(entry->ev)))
@@ -3642,12 +3658,21 @@ class timer_service {
             if (enqueued)
                 store_.publish();
             due.clear();  // events, and whatever they own, are freed outside the mutex
+            alone.reset();
             lock.lock();
         }
         lock.unlock();
         // Seq_cst store, then notify: wait_stopped() uses the eventcount protocol.
         running_.store(false, std::memory_order_seq_cst);
         stopped_.notify_if_waiting();
+    }
+
+    // A due entry that found no place in the batch (out of memory): enqueued on its own.
+    void due_alone(timer_entry& entry, timer_queue& q) {
+        if (store_.enqueue_due(entry.ctx, std::move(entry.ev)))
+            q.cancelled.fetch_add(1, std::memory_order_relaxed);
+        else
+            store_.publish();
     }
 
     Store& store_;
