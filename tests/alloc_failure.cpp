@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <new>
 #include <string>
@@ -146,4 +147,58 @@ TEST_CASE("out of memory while the timer thread collects due events loses none o
     CHECK(m.published == 4);
     CHECK(m.processed == 4);
     CHECK(handled.load() == 3);
+}
+
+TEST_CASE(
+    "schedule under a failing allocation at every point: an exception or a scheduled "
+    "event, never a hang or a lost count",
+    "[alloc][schedule]") {
+    // Sweeps the failure over the allocations of a first schedule() (its entry, the timer
+    // service and queue, the timer thread's start state): each either throws (nothing
+    // scheduled) or succeeds (the event is published when due, or cancelled by close()).
+    using eventbus::args;
+    using eventbus::context;
+    int succeeded = 0;
+    for (int n = 0; n < 16; ++n) {
+        std::atomic<int> handled{0};
+        eventbus::dispatcher handlers;
+        (void)handlers.on("e", [&](const context&, const args&) { handled.fetch_add(1); });
+        eventbus::event_store<> store(handlers, 8);
+        bool threw = false;
+        eventbus::event ev = make("e");
+        allocations_before_failure = n;
+        try {
+            const eventbus::timer_handle h = store.schedule_after(context{}, 1ms, std::move(ev));
+            allocations_before_failure = -1;
+            CHECK_FALSE(h.error());
+        } catch (const std::exception&) {  // std::bad_alloc, or std::system_error (thread)
+            allocations_before_failure = -1;
+            threw = true;
+        }
+        std::atomic<bool> closed{false};
+        std::thread watchdog([&] {
+            for (int i = 0; i < 2000 && !closed.load(); ++i)
+                std::this_thread::sleep_for(5ms);
+            if (!closed.load()) {
+                std::fputs("alloc_failure: close() hung after a failed schedule()\n", stderr);
+                std::abort();
+            }
+        });
+        const std::error_code close_error = store.close({});
+        closed.store(true);
+        watchdog.join();
+        CHECK_FALSE(close_error);
+        const eventbus::store_metrics m = store.metrics();
+        if (threw) {
+            CHECK(m.scheduled == 0);
+            CHECK(m.published == 0);
+            CHECK(handled.load() == 0);
+        } else {
+            ++succeeded;
+            CHECK(m.scheduled == 1);
+            CHECK(m.published + m.cancelled == 1);
+            CHECK(static_cast<std::uint64_t>(handled.load()) == m.published);
+        }
+    }
+    CHECK(succeeded > 0);  // the sweep went past the last allocation
 }
