@@ -3801,13 +3801,24 @@ class event_store {
   private:
     template <class... Args>
     EVENTBUS_ALWAYS_INLINE std::error_code enqueue(const context& ctx, Args&&... values) {
+        return push_or_refuse(
+            [&]() noexcept { return ring_.try_emplace(std::forward<Args>(values)...); },
+            [&] { return ring_.emplace(ctx, std::forward<Args>(values)...); });
+    }
+
+    // Subscribe's and commit's push. From inside one of this store's handlers a full block
+    // store does not wait (the handler's thread may be the one that has to make room): it
+    // tries once and answers errc::would_deadlock for a full ring.
+    template <class TryPush, class WaitingPush>
+    EVENTBUS_ALWAYS_INLINE std::error_code push_or_refuse(TryPush&& try_push,
+                                                          WaitingPush&& waiting_push) {
         if constexpr (std::same_as<Policy, block>) {
             if (detail::inside_dispatch_of(this)) {
-                const std::error_code error = ring_.try_emplace(std::forward<Args>(values)...);
+                const std::error_code error = try_push();
                 return error == errc::buffer_full ? std::error_code(errc::would_deadlock) : error;
             }
         }
-        return ring_.emplace(ctx, std::forward<Args>(values)...);
+        return waiting_push();
     }
 
     // Sync: waits until no thread is dispatching.
@@ -4287,9 +4298,11 @@ class event_store<Policy>::transaction {
             return errc::would_deadlock;
         // Nothing else holds the record yet: the count is published by push_n's release.
         record_->remaining.store(events_.size(), std::memory_order_relaxed);
-        if (const std::error_code error = push_all(ctx))
-            return error;
-        events_.clear();  // moved-from envelopes
+        if (const std::error_code error =
+                store_->push_or_refuse([&]() noexcept { return store_->ring_.try_push_n(events_); },
+                                       [&] { return store_->ring_.push_n(ctx, events_); }))
+            return error;  // nothing enqueued; the transaction stays open
+        events_.clear();   // moved-from envelopes
         open_ = false;
         store_->publish();
         const std::shared_ptr<detail::tx_record> record = std::move(record_);
@@ -4306,21 +4319,6 @@ class event_store<Policy>::transaction {
         return {};
     }
 
-  private:
-    // From inside one of the store's handlers a full block store does not wait (the handler's
-    // thread may be the one that has to make room): errc::would_deadlock, the transaction
-    // still open.
-    std::error_code push_all(const context& ctx) {
-        if constexpr (std::same_as<Policy, block>) {
-            if (detail::inside_dispatch_of(store_)) {
-                const std::error_code error = store_->ring_.try_push_n(events_);
-                return error == errc::buffer_full ? std::error_code(errc::would_deadlock) : error;
-            }
-        }
-        return store_->ring_.push_n(ctx, events_);
-    }
-
-  public:
     /// Discards the buffered events; touches nothing else. `errc::finished` if committed or
     /// rolled back already.
     [[nodiscard]] std::error_code rollback() noexcept {
