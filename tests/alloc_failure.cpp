@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "catch.hpp"
+#include "replaced_new.hpp"
 
 using namespace std::chrono_literals;
 
@@ -24,76 +25,14 @@ namespace {
 thread_local int allocations_before_failure = -1;
 std::atomic<int> injected_failures{0};
 
-void* allocate(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
+}  // namespace
+
+void* eventbus_test::observed_allocate(std::size_t size, std::size_t alignment) noexcept {
     if (allocations_before_failure >= 0 && allocations_before_failure-- == 0) {
         injected_failures.fetch_add(1, std::memory_order_relaxed);
         return nullptr;
     }
-    if (size == 0)
-        size = 1;
-    return alignment > alignof(std::max_align_t)
-               ? std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment)
-               : std::malloc(size);
-}
-
-// Out of line: GCC otherwise sees free() of a pointer from operator new through inlining and
-// warns (-Wmismatched-new-delete), although the replaced operator new got it from malloc.
-[[gnu::noinline]] void release(void* p) noexcept {
-    std::free(p);
-}
-
-}  // namespace
-
-// The replaceable allocation functions (all of them, so that every allocation can be made to fail).
-void* operator new(std::size_t size) {
-    if (void* p = allocate(size))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) {
-    if (void* p = allocate(size))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t size, std::align_val_t alignment) {
-    if (void* p = allocate(size, static_cast<std::size_t>(alignment)))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t size, std::align_val_t alignment) {
-    if (void* p = allocate(size, static_cast<std::size_t>(alignment)))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-    return allocate(size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
-    return allocate(size);
-}
-void operator delete(void* p) noexcept {
-    release(p);
-}
-void operator delete[](void* p) noexcept {
-    release(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-    release(p);
-}
-void operator delete[](void* p, std::size_t) noexcept {
-    release(p);
-}
-void operator delete(void* p, std::align_val_t) noexcept {
-    release(p);
-}
-void operator delete[](void* p, std::align_val_t) noexcept {
-    release(p);
-}
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
-    release(p);
-}
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
-    release(p);
+    return system_allocate(size, alignment);
 }
 
 namespace {

@@ -10,80 +10,16 @@
 #include <new>
 
 #include "catch.hpp"
+#include "replaced_new.hpp"
 #include "support.hpp"
 
 namespace {
-
 std::atomic<std::uint64_t> allocations{0};
-
-void* counted(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
-    allocations.fetch_add(1, std::memory_order_relaxed);
-    if (size == 0)
-        size = 1;
-    void* p = alignment > alignof(std::max_align_t)
-                  ? std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment)
-                  : std::malloc(size);
-    return p;
-}
-
-// Out of line: GCC otherwise sees free() of a pointer from operator new through inlining and
-// warns (-Wmismatched-new-delete), although the replaced operator new got it from malloc.
-[[gnu::noinline]] void release(void* p) noexcept {
-    std::free(p);
-}
-
 }  // namespace
 
-// The replaceable allocation functions (all of them, so that nothing escapes the count).
-void* operator new(std::size_t size) {
-    if (void* p = counted(size))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) {
-    if (void* p = counted(size))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t size, std::align_val_t alignment) {
-    if (void* p = counted(size, static_cast<std::size_t>(alignment)))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t size, std::align_val_t alignment) {
-    if (void* p = counted(size, static_cast<std::size_t>(alignment)))
-        return p;
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-    return counted(size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
-    return counted(size);
-}
-void operator delete(void* p) noexcept {
-    release(p);
-}
-void operator delete[](void* p) noexcept {
-    release(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-    release(p);
-}
-void operator delete[](void* p, std::size_t) noexcept {
-    release(p);
-}
-void operator delete(void* p, std::align_val_t) noexcept {
-    release(p);
-}
-void operator delete[](void* p, std::align_val_t) noexcept {
-    release(p);
-}
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
-    release(p);
-}
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
-    release(p);
+void* eventbus_test::observed_allocate(std::size_t size, std::size_t alignment) noexcept {
+    allocations.fetch_add(1, std::memory_order_relaxed);
+    return system_allocate(size, alignment);
 }
 
 namespace {
