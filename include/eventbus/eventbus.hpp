@@ -2612,6 +2612,8 @@ struct store_options {
 struct store_metrics {
     std::uint64_t published = 0;  ///< accepted by subscribe
     std::uint64_t processed = 0;  ///< handler calls finished, failed ones included
+    /// Events (published or triggered) that reached at least one handler call.
+    std::uint64_t handled = 0;
     std::uint64_t errors = 0;     ///< handler calls that threw
     std::uint64_t dropped = 0;    ///< overwritten by drop_oldest
     std::uint64_t unhandled = 0;  ///< events with no handler
@@ -2848,6 +2850,7 @@ class dispatch_mark {
 
 struct batch_counts {
     std::uint64_t processed = 0;
+    std::uint64_t handled = 0;
     std::uint64_t errors = 0;
     std::uint64_t unhandled = 0;
 };
@@ -3010,8 +3013,11 @@ class dispatch_core {
             if (plain && env.type() != nullptr) {
                 // The hot path, inline: a typed event (never a transaction's box, whose type is
                 // nullptr), no hooks, straight to the handlers; nobody wants their results.
-                if (const handler_view::handler_list* handlers = view.handlers_of(env))
-                    call_plain(*handlers, env, counts, pin);
+                // Handlers removed since the table was read are skipped: if that leaves none,
+                // the event is unhandled.
+                const handler_view::handler_list* handlers = view.handlers_of(env);
+                if (handlers != nullptr && call_plain(*handlers, env, counts, pin))
+                    ++counts.handled;
                 else
                     ++counts.unhandled;
                 continue;
@@ -3051,53 +3057,64 @@ class dispatch_core {
                   const pin_guard& pin, const context& ctx) {
         const hook_set& hooks = *view.hooks;
         const handler_view::handler_list* handlers = view.handlers_of(ev.type_, ev.projection());
-        if (handlers == nullptr) {
-            ++counts.unhandled;
-            for (const auto& hook : hooks.unhandled)
-                if (hook->live())
-                    call_hook([&] { hook->fn(ctx, ev); });
+        // Handlers removed since the table was read are skipped: if that leaves none, the
+        // event is unhandled (counted once, either way).
+        bool reached = false;
+        if (handlers != nullptr) {
+            if (!ev.is_typed()) {
+                const event* dynamic = ev.dynamic();
+                for (const auto& target : *handlers)
+                    if (pin.enter(*target)) {
+                        reached = true;
+                        run_one(*target, ev, *dynamic, hooks, counts, ctx);
+                    }
+            } else if (hooks.empty()) {
+                // A transaction's or trigger's typed event.
+                reached = call_plain(*handlers, ev.type_, ev.payload_, counts, pin, ctx);
+            } else {
+                // Hooks and middleware of the `event` forms see a stand-in for a typed event,
+                // with its key only (it allocates nothing).
+                const event stand_in{.id = {}, .projection = ev.projection(), .args = {}};
+                for (const auto& target : *handlers)
+                    if (pin.enter(*target)) {
+                        reached = true;
+                        run_one(*target, ev, stand_in, hooks, counts, ctx);
+                    }
+            }
+        }
+        if (reached) {
+            ++counts.handled;
             return;
         }
-        if (!ev.is_typed()) {
-            const event* dynamic = ev.dynamic();
-            for (const auto& target : *handlers)
-                if (pin.enter(*target))
-                    run_one(*target, ev, *dynamic, hooks, counts, ctx);
-        } else if (hooks.empty()) {
-            for (const auto& target : *handlers) {  // a transaction's or trigger's typed event
-                if (!pin.enter(*target))
-                    continue;
-                try {
-                    target->call(ctx, ev.type_, ev.payload_, nullptr);
-                } catch (...) {
-                    ++counts.errors;
-                }
-                ++counts.processed;
-            }
-        } else {
-            // Hooks and middleware of the `event` forms see a stand-in for a typed event, with
-            // its key only (it allocates nothing).
-            const event stand_in{.id = {}, .projection = ev.projection(), .args = {}};
-            for (const auto& target : *handlers)
-                if (pin.enter(*target))
-                    run_one(*target, ev, stand_in, hooks, counts, ctx);
-        }
+        ++counts.unhandled;
+        for (const auto& hook : hooks.unhandled)
+            if (hook->live())
+                call_hook([&] { hook->fn(ctx, ev); });
     }
 
     // A typed event without hooks: straight to each handler; nobody wants the results.
-    EVENTBUS_ALWAYS_INLINE void call_plain(const handler_view::handler_list& handlers,
+    // Whether any handler was still there to call.
+    EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
                                            const envelope& ev, batch_counts& counts,
                                            const pin_guard& pin) {
+        return call_plain(handlers, ev.type(), ev.payload(), counts, pin, handler_ctx_);
+    }
+    EVENTBUS_ALWAYS_INLINE static bool call_plain(const handler_view::handler_list& handlers,
+                                                  const void* type, const void* payload,
+                                                  batch_counts& counts, const pin_guard& pin,
+                                                  const context& ctx) {
+        const std::uint64_t before = counts.processed;
         for (const auto& target : handlers) {
             if (!pin.enter(*target))
                 continue;
             try {
-                target->call(handler_ctx_, ev.type(), ev.payload(), nullptr);
+                target->call(ctx, type, payload, nullptr);
             } catch (...) {
                 ++counts.errors;
             }
             ++counts.processed;
         }
+        return counts.processed != before;
     }
 
     // After, error and unhandled hooks: what they throw is caught and discarded.
@@ -3255,6 +3272,7 @@ class worker_pool {
         batch_counts sum;
         for (std::size_t i = 0; i < count_; ++i) {
             sum.processed += state_[i].processed.load(std::memory_order_relaxed);
+            sum.handled += state_[i].handled.load(std::memory_order_relaxed);
             sum.errors += state_[i].errors.load(std::memory_order_relaxed);
             sum.unhandled += state_[i].unhandled.load(std::memory_order_relaxed);
         }
@@ -3268,12 +3286,14 @@ class worker_pool {
     struct alignas(cache_line_size) worker_state {
         std::atomic<std::uint64_t> position{no_position};
         std::atomic<std::uint64_t> processed{0};
+        std::atomic<std::uint64_t> handled{0};
         std::atomic<std::uint64_t> errors{0};
         std::atomic<std::uint64_t> unhandled{0};
 
         // Only this worker writes them: a load and a store, no shared RMW.
         void add(const batch_counts& c) noexcept {
             bump(processed, c.processed);
+            bump(handled, c.handled);
             bump(errors, c.errors);
             bump(unhandled, c.unhandled);
         }
@@ -3951,6 +3971,8 @@ class event_store {
         m.dropped = ring_.dropped();
         m.processed = processed_.load(std::memory_order_relaxed) +
                       leased_processed_.load(std::memory_order_relaxed);
+        m.handled = handled_.load(std::memory_order_relaxed) +
+                    leased_handled_.load(std::memory_order_relaxed);
         m.errors = errors_.load(std::memory_order_relaxed) +
                    leased_errors_.load(std::memory_order_relaxed);
         m.unhandled = unhandled_.load(std::memory_order_relaxed) +
@@ -3960,6 +3982,7 @@ class event_store {
         if (pool_) {
             const detail::batch_counts workers = pool_->counts();
             m.processed += workers.processed;
+            m.handled += workers.handled;
             m.errors += workers.errors;
             m.unhandled += workers.unhandled;
         }
@@ -4085,6 +4108,7 @@ class event_store {
                                   std::memory_order_relaxed);
             };
             bump(leased_processed_, counts.processed);
+            bump(leased_handled_, counts.handled);
             bump(leased_errors_, counts.errors);
             bump(leased_unhandled_, counts.unhandled);
             bump(leased_triggered_, triggered);
@@ -4092,6 +4116,8 @@ class event_store {
         }
         if (counts.processed)
             processed_.fetch_add(counts.processed, std::memory_order_relaxed);
+        if (counts.handled)
+            handled_.fetch_add(counts.handled, std::memory_order_relaxed);
         if (counts.errors)
             errors_.fetch_add(counts.errors, std::memory_order_relaxed);
         if (counts.unhandled)
@@ -4205,6 +4231,7 @@ class event_store {
     detail::event_count idle_;  // sync drain() sleeps here
     // Sync: dispatchers without the lease add their counts here (one RMW per batch).
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
+    std::atomic<std::uint64_t> handled_{0};
     std::atomic<std::uint64_t> errors_{0};
     std::atomic<std::uint64_t> unhandled_{0};
     std::atomic<std::uint64_t> triggered_{0};
@@ -4212,6 +4239,7 @@ class event_store {
     // counters (added to the shared ones by metrics()).
     alignas(cache_line_size) detail::handler_view view_;
     std::atomic<std::uint64_t> leased_processed_{0};
+    std::atomic<std::uint64_t> leased_handled_{0};
     std::atomic<std::uint64_t> leased_errors_{0};
     std::atomic<std::uint64_t> leased_unhandled_{0};
     std::atomic<std::uint64_t> leased_triggered_{0};
