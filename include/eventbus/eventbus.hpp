@@ -41,7 +41,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <exception>
 #include <functional>
 #include <initializer_list>
@@ -3196,8 +3195,10 @@ class worker_pool {
         , count_(count)
         , state_(std::make_unique<worker_state[]>(count))
         , eligible_(ring.mark()) {
-        if (ordered_by_key)
+        if (ordered_by_key) {
             stripes_ = std::make_unique<stripe[]>(stripe_count);
+            lot_ = parking_lot(std::min<std::size_t>(ring.capacity(), max_parked));
+        }
         threads_.reserve(count);
         try {
             for (std::size_t i = 0; i < count; ++i)
@@ -3313,9 +3314,69 @@ class worker_pool {
     // ever waits for another key's handler.
     struct stripe {
         bool owned = false;
-        std::deque<envelope> parked;
+        std::size_t first = parking_lot::none;  // parked events, oldest first
+        std::size_t last = parking_lot::none;
     };
     static constexpr std::size_t stripe_count = 64;
+
+    // Ordered mode: room for parked events, allocated by the constructor, so that parking never
+    // allocates (and never fails) on a worker, and parked events stay bounded. A worker pops
+    // only while a place is free (under pop_mutex_, which makes the check and the pop one step,
+    // so pop order is kept); when every place is taken it waits for an owner to free one.
+    class parking_lot {
+      public:
+        static constexpr std::size_t none = ~std::size_t{0};
+
+        parking_lot() = default;
+        explicit parking_lot(std::size_t size)
+            : places_(std::make_unique<place[]>(size)), free_(size == 0 ? none : 0) {
+            for (std::size_t i = 0; i < size; ++i)
+                places_[i].next = i + 1 < size ? i + 1 : none;
+        }
+        [[nodiscard]] bool full() const noexcept { return free_ == none; }
+
+        void park(stripe& lane, envelope&& ev) noexcept {
+            const std::size_t at = free_;
+            place& p = places_[at];
+            free_ = p.next;
+            p.event.emplace(std::move(ev));
+            p.next = none;
+            if (lane.last == none)
+                lane.first = at;
+            else
+                places_[lane.last].next = at;
+            lane.last = at;
+        }
+        /// The oldest event parked on `lane` (which has one); its place is free again.
+        [[nodiscard]] envelope take(stripe& lane) noexcept {
+            const std::size_t at = lane.first;
+            place& p = places_[at];
+            lane.first = p.next;
+            if (lane.first == none)
+                lane.last = none;
+            envelope ev(std::move(*p.event));
+            p.event.reset();
+            p.next = free_;
+            free_ = at;
+            return ev;
+        }
+
+      private:
+        struct place {
+            std::optional<envelope> event;
+            std::size_t next = none;
+        };
+        std::unique_ptr<place[]> places_;
+        std::size_t free_ = none;
+    };
+    static constexpr std::size_t max_parked = 4096;
+
+    // What take() found.
+    enum class took {
+        events,   // events in the batch
+        nothing,  // no eligible event
+        blocked,  // ordered mode: every parking place is taken; wait for an owner to free one
+    };
 
     void work(worker_state& me) {
         const dispatch_mark inside(store_);
@@ -3325,25 +3386,28 @@ class worker_pool {
         claimed_batch batch;
         for (;;) {
             stripe* lane = nullptr;
-            bool got = take(me, batch, lane);
-            if (!got) {
-                if (closing_.load(std::memory_order_seq_cst)) {
-                    // eligible_ already holds the closed ring's final tail: one more look.
-                    if (!take(me, batch, lane))
-                        break;
-                } else if (!idle.is_completed()) {
+            took got = take(me, batch, lane);
+            if (got == took::nothing && closing_.load(std::memory_order_seq_cst)) {
+                // eligible_ already holds the closed ring's final tail: one more look.
+                got = take(me, batch, lane);
+                if (got == took::nothing)
+                    break;
+            }
+            if (got != took::events) {
+                if (!idle.is_completed()) {
                     idle.snooze();
                     continue;
-                } else {
-                    view.release();  // keep no table copy while asleep
-                    const std::uint32_t key = work_.prepare_wait();
-                    got = take(me, batch, lane);
-                    if (!got && !closing_.load(std::memory_order_seq_cst))
-                        (void)work_.wait(key, never);
-                    work_.finish_wait();
-                    if (!got)
-                        continue;
                 }
+                view.release();  // keep no table copy while asleep
+                const std::uint32_t key = work_.prepare_wait();
+                got = take(me, batch, lane);
+                // Blocked: an owner frees a place and wakes the sleepers, closing or not.
+                if (got == took::blocked ||
+                    (got == took::nothing && !closing_.load(std::memory_order_seq_cst)))
+                    (void)work_.wait(key, never);
+                work_.finish_wait();
+                if (got != took::events)
+                    continue;
             }
             idle = backoff{};
             do {
@@ -3383,7 +3447,7 @@ class worker_pool {
     // Claims the next eligible events into `batch`, announcing first a lower bound of their
     // positions. Ordered mode: one event, `lane` its stripe, now owned by this worker; an event
     // whose stripe another worker owns is parked there (the owner's announcement covers it).
-    bool take(worker_state& me, claimed_batch& batch, stripe*& lane) {
+    took take(worker_state& me, claimed_batch& batch, stripe*& lane) {
         for (;;) {
             me.position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
             if (!stripes_) {
@@ -3397,21 +3461,25 @@ class worker_pool {
                                static_cast<std::size_t>(std::clamp<std::uint64_t>(share, 1, 64)));
                 if (n == 0) {
                     release_taking(me);
-                    return false;
+                    return took::nothing;
                 }
                 wake_helper(limit);
-                return true;
+                return took::events;
             }
             std::optional<envelope> ev;
             bool parked = false;
+            bool blocked = false;
             {
                 std::lock_guard lock(pop_mutex_);
-                ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
+                if (lot_.full())
+                    blocked = true;  // the event popped might have to be parked: pop nothing
+                else
+                    ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
                 if (ev) {
                     stripe& owner =
                         stripes_[std::hash<key>{}(ev->content().projection()) % stripe_count];
                     if (owner.owned) {
-                        owner.parked.push_back(std::move(*ev));
+                        lot_.park(owner, std::move(*ev));
                         ev.reset();
                         parked = true;
                     } else {
@@ -3423,25 +3491,34 @@ class worker_pool {
             if (ev) {
                 batch.put(std::move(*ev));
                 wake_helper(eligible_.load(std::memory_order_seq_cst));
-                return true;
+                return took::events;
             }
             release_taking(me);
+            if (blocked)
+                return took::blocked;
             if (!parked)
-                return false;
+                return took::nothing;
         }
     }
 
     // Ordered mode: the next event parked on the stripe this worker owns, or none (and the
-    // stripe is let go).
+    // stripe is let go). Freeing a place of a full lot wakes the workers waiting for one.
     std::optional<envelope> next_parked(stripe& lane) {
-        std::lock_guard lock(pop_mutex_);
         std::optional<envelope> ev;
-        if (lane.parked.empty()) {
-            lane.owned = false;
-        } else {
-            ev.emplace(std::move(lane.parked.front()));
-            lane.parked.pop_front();
+        bool was_full = false;
+        {
+            std::lock_guard lock(pop_mutex_);
+            if (lane.first == parking_lot::none) {
+                lane.owned = false;
+                return ev;
+            }
+            was_full = lot_.full();
+            ev.emplace(lot_.take(lane));
         }
+        // A waiter registered (seq_cst RMW) before its check under the lock, which came before
+        // this free: the load in notify_if_waiting sees it.
+        if (was_full)
+            work_.notify_if_waiting();
         return ev;
     }
 
@@ -3457,6 +3534,7 @@ class worker_pool {
     event_count idle_;                   // drain() and close() sleep here
     std::mutex pop_mutex_;               // ordered_by_key only
     std::unique_ptr<stripe[]> stripes_;  // ordered_by_key only
+    parking_lot lot_;                    // ordered_by_key only, guarded by pop_mutex_
     std::vector<std::thread> threads_;
 };
 
