@@ -13,8 +13,6 @@
 #include <thread>
 #include <vector>
 
-#include <sys/resource.h>
-
 #include "catch.hpp"
 #include "support.hpp"
 
@@ -25,8 +23,10 @@ using eventbus::drop_oldest;
 using eventbus::errc;
 using eventbus::return_error;
 using eventbus::ring_buffer;
+using eventbus_test::eventually;
 using eventbus_test::lifetime_counts;
 using eventbus_test::scaled;
+using eventbus_test::stays_false;
 using eventbus_test::tracked;
 
 namespace {
@@ -283,17 +283,10 @@ TEST_CASE("copyable elements can be pushed by const reference", "[ring]") {
 
 namespace {
 
-// CPU time used by the calling thread.
-std::chrono::microseconds thread_cpu_time() {
-    rusage usage{};
-    getrusage(RUSAGE_THREAD, &usage);
-    return std::chrono::seconds(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
-           std::chrono::microseconds(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
-}
-
 // A full block ring of capacity 1 and a producer thread blocked in push(ctx, 2).
 struct blocked_producer {
     ring_buffer<int, block> ring{1};
+    std::atomic<eventbus_test::thread_id> id{0};
     std::atomic<bool> returned{false};
     std::error_code result;
     std::chrono::steady_clock::time_point finished_at{};
@@ -302,10 +295,17 @@ struct blocked_producer {
     explicit blocked_producer(context ctx) {
         REQUIRE_FALSE(ring.try_push(1));
         thread = std::jthread([this, ctx] {
+            id = eventbus_test::current_thread_id();
             result = ring.push(ctx, 2);
             finished_at = std::chrono::steady_clock::now();
             returned = true;
         });
+    }
+    // It waits: asleep in the kernel, and it stays in push() for a while. (A push that returned
+    // early fails this whatever the machine's speed; a slow machine only shortens the look.)
+    void check_waits() {
+        CHECK(eventually([&] { return eventbus_test::is_asleep(id) || returned; }));
+        CHECK(stays_false([&] { return returned.load(); }, 20ms));
     }
     void join() { thread.join(); }
 };
@@ -314,8 +314,7 @@ struct blocked_producer {
 
 TEST_CASE("a blocked producer is released by a pop", "[ring][blocking]") {
     blocked_producer producer{context{}};
-    std::this_thread::sleep_for(50ms);
-    CHECK_FALSE(producer.returned);  // it really waits
+    producer.check_waits();
     auto first = producer.ring.try_pop();
     REQUIRE(first);
     CHECK(*first == 1);
@@ -327,8 +326,7 @@ TEST_CASE("a blocked producer is released by a pop", "[ring][blocking]") {
 TEST_CASE("a blocked producer is released by its stop_token", "[ring][blocking]") {
     std::stop_source source;
     blocked_producer producer{context(source.get_token())};
-    std::this_thread::sleep_for(50ms);
-    CHECK_FALSE(producer.returned);
+    producer.check_waits();
     source.request_stop();
     producer.join();
     CHECK(producer.result == errc::cancelled);
@@ -348,8 +346,7 @@ TEST_CASE("a blocked producer is released at its deadline, not before", "[ring][
 
 TEST_CASE("a blocked producer is released by close", "[ring][blocking]") {
     blocked_producer producer{context{}};
-    std::this_thread::sleep_for(50ms);
-    CHECK_FALSE(producer.returned);
+    producer.check_waits();
     producer.ring.close();
     producer.join();
     CHECK(producer.result == errc::closed);
@@ -370,18 +367,26 @@ TEST_CASE("many producers blocked at once are all released, none lost", "[ring][
     REQUIRE_FALSE(ring.try_push(0));
     constexpr int producers = 6;
     std::atomic<int> failures{0};
+    std::vector<std::atomic<eventbus_test::thread_id>> ids(producers);
     {
         std::vector<std::jthread> threads;
         for (int p = 1; p <= producers; ++p) {
             threads.emplace_back([&, p] {
+                ids[static_cast<std::size_t>(p - 1)] = eventbus_test::current_thread_id();
                 if (ring.push(context{}, p))
                     ++failures;
             });
         }
-        std::this_thread::sleep_for(30ms);
+        // All of them asleep in push() before the first pop.
+        CHECK(eventually([&] {
+            for (const auto& id : ids)
+                if (!eventbus_test::is_asleep(id))
+                    return false;
+            return true;
+        }));
         int sum = 0;
         for (int popped = 0; popped < producers + 2; ++popped) {
-            auto value = ring.pop(context{}.with_timeout(10s));
+            auto value = ring.pop(context{}.with_timeout(eventbus_test::patience));
             REQUIRE(value);
             sum += *value.value;
         }
@@ -394,12 +399,11 @@ TEST_CASE("many producers blocked at once are all released, none lost", "[ring][
 TEST_CASE("a blocked consumer is released by a push, its deadline, its stop_token or close",
           "[ring][blocking]") {
     ring_buffer<int, return_error> ring(4);
+    // Each releaser acts once this thread, the consumer, is asleep in pop().
+    const auto consumer = eventbus_test::current_thread_id();
 
     SECTION("push") {
-        std::jthread producer([&] {
-            std::this_thread::sleep_for(30ms);
-            (void)ring.try_push(7);
-        });
+        auto producer = eventbus_test::when_asleep(consumer, [&] { (void)ring.try_push(7); });
         auto value = ring.pop(context{});
         REQUIRE(value);
         CHECK(*value.value == 7);
@@ -413,40 +417,40 @@ TEST_CASE("a blocked consumer is released by a push, its deadline, its stop_toke
     }
     SECTION("stop_token") {
         std::stop_source source;
-        std::jthread canceller([&] {
-            std::this_thread::sleep_for(30ms);
-            source.request_stop();
-        });
+        auto canceller = eventbus_test::when_asleep(consumer, [&] { source.request_stop(); });
         auto value = ring.pop(context(source.get_token()));
         CHECK(value.error == errc::cancelled);
     }
     SECTION("close") {
-        std::jthread closer([&] {
-            std::this_thread::sleep_for(30ms);
-            ring.close();
-        });
+        auto closer = eventbus_test::when_asleep(consumer, [&] { ring.close(); });
         auto value = ring.pop(context{});
         CHECK(value.error == errc::closed);
     }
 }
 
-TEST_CASE("a sleeping producer does not spin", "[ring][blocking]") {
+#if defined(__linux__)
+TEST_CASE("a waiting producer sleeps: no spinning, no polling", "[ring][blocking]") {
     ring_buffer<int, block> ring(1);
     REQUIRE_FALSE(ring.try_push(1));
-    std::chrono::microseconds cpu{};
-    std::chrono::steady_clock::duration wall{};
-    std::thread([&] {
-        const auto cpu_start = thread_cpu_time();
-        const auto start = std::chrono::steady_clock::now();
-        const auto ec = ring.push(context{}.with_timeout(300ms), 2);
-        wall = std::chrono::steady_clock::now() - start;
-        cpu = thread_cpu_time() - cpu_start;
-        CHECK(ec == errc::deadline_exceeded);
-    }).join();
-    CHECK(wall >= 300ms);
-    // A busy loop would burn ~300 ms of CPU; a sleeper uses a few.
-    CHECK(cpu < 60ms);
+    std::stop_source stop;
+    std::atomic<eventbus_test::thread_id> id{0};
+    std::error_code result;
+    std::jthread producer([&] {
+        id = eventbus_test::current_thread_id();
+        result = ring.push(context(stop.get_token()), 2);
+    });
+    // A thread that spins or yields is never asleep in the kernel.
+    REQUIRE(eventually([&] { return eventbus_test::is_asleep(id); }));
+    // Nothing wakes it while the ring stays full: a thread that polls would keep taking naps.
+    // (A couple are allowed for spurious wake-ups.)
+    const std::vector<eventbus_test::thread_id> ids{id.load()};
+    const auto napped = eventbus_test::naps(ids);
+    CHECK(stays_false([&] { return eventbus_test::naps(ids) > napped + 2; }, 100ms));
+    stop.request_stop();
+    producer.join();
+    CHECK(result == errc::cancelled);
 }
+#endif
 
 // stress //////////////////////////////////////////////////////////////////////////////////////////
 
@@ -789,16 +793,17 @@ TEST_CASE("block push_n waits until the whole run fits, or its context ends", "[
     CHECK(ring.push_n(context{}.with_timeout(20ms), run) == errc::deadline_exceeded);
     CHECK(ring.approx_size() == 3);
 
+    std::atomic<eventbus_test::thread_id> id{0};
     std::atomic<bool> pushed{false};
     std::error_code result;
     std::jthread producer([&] {
+        id = eventbus_test::current_thread_id();
         result = ring.push_n(context{}, run);
         pushed = true;
     });
-    std::this_thread::sleep_for(20ms);
+    CHECK(eventually([&] { return eventbus_test::is_asleep(id) || pushed; }));
     CHECK(ring.try_pop() == 0);  // room for 2: not enough
-    std::this_thread::sleep_for(20ms);
-    CHECK_FALSE(pushed.load());
+    CHECK(stays_false([&] { return pushed.load(); }, 20ms));
     CHECK(ring.try_pop() == 1);  // room for 3
     producer.join();
     CHECK_FALSE(result);

@@ -91,12 +91,14 @@ TEMPLATE_TEST_CASE("single producer ring: push_n is all or nothing", "[sp]", dro
 TEST_CASE("single producer ring: a consumer asleep in pop() is woken by the producer", "[sp]") {
     ring_buffer<int, block> ring(8, ring_options{.single_producer = true});
     std::atomic<int> got{0};  // Catch2 assertions stay on the test thread
+    std::atomic<eventbus_test::thread_id> id{0};
     {
         std::jthread consumer([&] {
-            auto popped = ring.pop(context{}.with_timeout(10s));
+            id = eventbus_test::current_thread_id();
+            auto popped = ring.pop(context{}.with_timeout(eventbus_test::patience));
             got = popped.value.value_or(-1);
         });
-        std::this_thread::sleep_for(50ms);  // long enough for the consumer to go to sleep
+        CHECK(eventbus_test::eventually([&] { return eventbus_test::is_asleep(id); }));
         REQUIRE_FALSE(ring.try_push(42));
     }
     CHECK(got == 42);
@@ -226,7 +228,8 @@ TEST_CASE("two producers on a single producer ring are reported in debug builds"
         };
         std::thread a(push);
         std::thread b(push);
-        std::this_thread::sleep_for(10s);
+        // They overlap within moments on any machine; this is only the deadline.
+        std::this_thread::sleep_for(eventbus_test::patience);
         ::_exit(0);  // not detected: the parent fails the test
     }
     int status = 0;
