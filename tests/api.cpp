@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "support.hpp"
+
 using namespace eventbus;
 using namespace std::chrono_literals;
 
@@ -41,21 +43,6 @@ event make(std::string key, args a = {}) {
 store_options async_with(std::size_t workers) {
     return store_options{.async = true, .workers = workers};
 }
-
-// A handler that signals when it has started and waits until released.
-struct gate {
-    std::atomic<bool> entered{false};
-    std::atomic<bool> open{false};
-    void pass() {
-        entered.store(true);
-        while (!open.load())
-            std::this_thread::sleep_for(1ms);
-    }
-    void wait_entered() const {
-        while (!entered.load())
-            std::this_thread::sleep_for(1ms);
-    }
-};
 
 }  // namespace
 
@@ -141,7 +128,7 @@ TEST_CASE("scoped_registration: move, release and explicit remove", "[api]") {
 
 TEST_CASE("destroying a scoped_registration waits for its call in flight", "[api][async]") {
     dispatcher handlers;
-    gate g;
+    eventbus_test::gate g;
     std::atomic<bool> finished{false};
     auto scoped =
         std::make_unique<scoped_registration>(handlers.on<order_placed>([&](const order_placed&) {
@@ -149,13 +136,13 @@ TEST_CASE("destroying a scoped_registration waits for its call in flight", "[api
             finished.store(true);
         }));
     event_store<> store(handlers, 8, async_with(1));
+    const eventbus_test::open_at_exit release(g);
     REQUIRE_FALSE(store.subscribe({}, order_placed{}));
     store.publish();
-    g.wait_entered();
-    std::thread opener([&] {
-        std::this_thread::sleep_for(50ms);
-        g.open.store(true);
-    });
+    g.entered.wait();
+    // The gate opens once this thread sleeps in the destructor, waiting for the call.
+    auto opener =
+        eventbus_test::when_asleep(eventbus_test::current_thread_id(), [&] { g.opened.set(); });
     scoped.reset();  // returns only once the handler has returned
     CHECK(finished.load());
     opener.join();
@@ -273,8 +260,9 @@ TEST_CASE("removing a hook waits for its call in flight, and it is never called 
           "[api][hooks][async]") {
     dispatcher handlers;
     (void)handlers.on("k", [](const context&, const args&) {});
+    eventbus_test::gate g;
     event_store<> store(handlers, 8, async_with(1));
-    gate g;
+    const eventbus_test::open_at_exit release(g);
     std::atomic<int> hook_calls{0};
     std::atomic<bool> hook_returned{false};
     std::atomic<int> after_calls{0};
@@ -289,11 +277,10 @@ TEST_CASE("removing a hook waits for its call in flight, and it is never called 
     });
     REQUIRE_FALSE(store.subscribe({}, make("k")));
     store.publish();
-    g.wait_entered();
-    std::thread opener([&] {
-        std::this_thread::sleep_for(50ms);
-        g.open.store(true);
-    });
+    g.entered.wait();
+    // The gate opens once this thread sleeps in remove(), waiting for the hook.
+    auto opener =
+        eventbus_test::when_asleep(eventbus_test::current_thread_id(), [&] { g.opened.set(); });
     hook.remove();  // the worker is inside the hook: remove() waits for it to return
     CHECK(hook_returned.load());
     opener.join();
@@ -543,7 +530,7 @@ TEST_CASE("removals from inside handlers on two threads at once never wait for e
         REQUIRE_FALSE(store.subscribe({}, make("a")));
         REQUIRE_FALSE(store.subscribe({}, make("b")));
         store.publish();
-        REQUIRE_FALSE(store.drain(context{}.with_timeout(10s)));
+        REQUIRE_FALSE(store.drain(context{}.with_timeout(eventbus_test::patience)));
     }
 }
 
@@ -563,7 +550,7 @@ TEST_CASE("a handler subscribing into its own full block store gets would_deadlo
         event_store<block> store(handlers, 2, store_options{.async = async, .workers = 1});
         self = &store;
         REQUIRE_FALSE(store.subscribe({}, make("outer")));
-        REQUIRE_FALSE(store.drain(context{}.with_timeout(10s)));
+        REQUIRE_FALSE(store.drain(context{}.with_timeout(eventbus_test::patience)));
         release.store(true);
         REQUIRE(inner.size() == 3);
         CHECK_FALSE(inner[0]);
@@ -617,7 +604,7 @@ TEST_CASE("a sync handler committing into its own full block store gets would_de
     self = &store;
     REQUIRE_FALSE(store.subscribe({}, make("outer")));
     REQUIRE_FALSE(store.subscribe({}, make("other")));
-    REQUIRE_FALSE(store.drain(context{}.with_timeout(10s)));
+    REQUIRE_FALSE(store.drain(context{}.with_timeout(eventbus_test::patience)));
     CHECK(inner == errc::would_deadlock);
 }
 

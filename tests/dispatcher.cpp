@@ -23,6 +23,7 @@ using eventbus::event;
 using eventbus::event_store;
 using eventbus::key;
 using eventbus::result;
+using eventbus_test::eventually;
 
 namespace {
 struct house_was_sold {};
@@ -133,18 +134,20 @@ TEST_CASE("a handler may remove itself and register others from inside", "[dispa
 
 TEST_CASE("remove() waits for the handler's calls in flight on other threads", "[dispatcher]") {
     dispatcher handlers;
-    std::atomic<bool> inside{false};
+    eventbus_test::gate slow;
     std::atomic<bool> finished{false};
     auto reg = handlers.on("slow", [&](const context&, const args&) {
-        inside = true;
-        std::this_thread::sleep_for(100ms);
+        slow.pass();
         finished = true;
     });
     event_store<> store(handlers, 8);
     REQUIRE_FALSE(store.subscribe({}, make("slow")));
     std::jthread publisher([&] { store.publish(); });
-    while (!inside)
-        std::this_thread::yield();
+    const eventbus_test::open_at_exit release(slow);
+    slow.entered.wait();
+    // The call ends once this thread sleeps in remove(), waiting for it.
+    auto opener =
+        eventbus_test::when_asleep(eventbus_test::current_thread_id(), [&] { slow.opened.set(); });
     reg.remove();
     CHECK(finished);  // remove() returned only after the call finished
 }
@@ -199,9 +202,7 @@ TEST_CASE("a 'once' handler run by two publishers may remove itself from both", 
     once = handlers.on("k", [&](const context&, const args&) {
         calls.fetch_add(1);
         inside.fetch_add(1);
-        const auto give_up = std::chrono::steady_clock::now() + 1s;
-        while (inside < 2 && std::chrono::steady_clock::now() < give_up)
-            std::this_thread::yield();
+        (void)eventually([&] { return inside >= 2; });
         once.remove();  // both threads, same registration, same moment: no deadlock
     });
     event_store<> store(handlers, 8);
@@ -234,18 +235,13 @@ TEST_CASE("removed handlers are freed while another handler is still running", "
     // and removals must not pile up behind it, and removed handlers' captures must be freed.
     dispatcher handlers;
     eventbus_test::lifetime_counts counts;
-    std::atomic<bool> running{false};
-    std::atomic<bool> release{false};
-    (void)handlers.on("long", [&](const context&, const args&) {
-        running = true;
-        while (!release)
-            std::this_thread::sleep_for(1ms);
-    });
+    eventbus_test::gate long_call;
+    (void)handlers.on("long", [&](const context&, const args&) { long_call.pass(); });
     event_store<> store(handlers, 8);
     REQUIRE_FALSE(store.subscribe({}, make("long")));
     std::jthread publisher([&] { store.publish(); });
-    while (!running)
-        std::this_thread::yield();
+    const eventbus_test::open_at_exit release(long_call);
+    long_call.entered.wait();
     for (int i = 0; i < 100; ++i) {
         auto capture = std::make_shared<eventbus_test::tracked>(counts, i);
         auto reg = handlers.on("other", [capture](const context&, const args&) {});
@@ -255,7 +251,6 @@ TEST_CASE("removed handlers are freed while another handler is still running", "
     // One more update collects what the earlier ones retired while nobody was reading.
     handlers.on("last", [](const context&, const args&) {}).remove();
     CHECK(counts.alive() == 0);
-    release = true;
 }
 
 TEST_CASE("a handler whose captures call back into the dispatcher when freed", "[dispatcher]") {
@@ -309,19 +304,21 @@ TEST_CASE("a copy of a registration keeps the handler removable after the origin
 TEST_CASE("remove() still waits for calls in flight when other handles were dropped",
           "[dispatcher]") {
     dispatcher handlers;
-    std::atomic<bool> running{false};
+    eventbus_test::gate slow;
     std::atomic<bool> finished{false};
     auto kept = handlers.on("slow", [&](const context&, const args&) {
-        running = true;
-        std::this_thread::sleep_for(30ms);
+        slow.pass();
         finished = true;
     });
     { auto dropped_copy = kept; }  // one of two handles gone: still removable
     event_store<> store(handlers, 8);
     REQUIRE_FALSE(store.subscribe({}, make("slow")));
     std::jthread publisher([&] { store.publish(); });
-    while (!running)
-        std::this_thread::yield();
+    const eventbus_test::open_at_exit release(slow);
+    slow.entered.wait();
+    // The call ends once this thread sleeps in remove(), waiting for it.
+    auto opener =
+        eventbus_test::when_asleep(eventbus_test::current_thread_id(), [&] { slow.opened.set(); });
     kept.remove();
     CHECK(finished);  // remove() returned only after the call in flight ended
 }
@@ -453,9 +450,7 @@ TEST_CASE("a 'once' handler on each of two workers removes itself without waitin
         return [&](const context&, const args&) {
             calls.fetch_add(1);
             inside.fetch_add(1);
-            const auto give_up = std::chrono::steady_clock::now() + 2s;
-            while (inside < 2 && std::chrono::steady_clock::now() < give_up)
-                std::this_thread::yield();
+            (void)eventually([&] { return inside >= 2; });
             self.remove();
         };
     };
