@@ -26,6 +26,7 @@ using eventbus::event_store;
 using eventbus::key;
 using eventbus::result;
 using eventbus::return_error;
+using eventbus_test::eventually;
 using eventbus_test::scaled;
 
 namespace {
@@ -176,14 +177,17 @@ TEST_CASE("block: a waiting subscriber is released by another thread's publish",
     dispatcher handlers{{"e", [&](const context&, const args&) { calls.fetch_add(1); }}};
     event_store<block> store(handlers, 1);
     REQUIRE_FALSE(store.subscribe({}, make("e")));
+    std::atomic<eventbus_test::thread_id> id{0};
     std::atomic<bool> returned{false};
     std::error_code result_code;
     std::jthread producer([&] {
+        id = eventbus_test::current_thread_id();
         result_code = store.subscribe({}, make("e"));
         returned = true;
     });
-    std::this_thread::sleep_for(30ms);
-    CHECK_FALSE(returned);
+    // It waits: asleep in subscribe(), and it stays there for a while.
+    CHECK(eventually([&] { return eventbus_test::is_asleep(id) || returned; }));
+    CHECK(eventbus_test::stays_false([&] { return returned.load(); }, 20ms));
     store.publish();
     producer.join();
     CHECK_FALSE(result_code);
@@ -440,9 +444,13 @@ TEST_CASE("close releases blocked subscribers with errc::closed", "[store]") {
     dispatcher handlers;
     event_store<block> store(handlers, 1);
     REQUIRE_FALSE(store.subscribe({}, make("e")));
+    std::atomic<eventbus_test::thread_id> id{0};
     std::error_code result_code;
-    std::jthread producer([&] { result_code = store.subscribe({}, make("e")); });
-    std::this_thread::sleep_for(30ms);
+    std::jthread producer([&] {
+        id = eventbus_test::current_thread_id();
+        result_code = store.subscribe({}, make("e"));
+    });
+    CHECK(eventually([&] { return eventbus_test::is_asleep(id); }));  // waiting for room
     CHECK_FALSE(store.close({}));
     producer.join();
     CHECK(result_code == errc::closed);
@@ -453,9 +461,12 @@ TEST_CASE("close releases blocked subscribers with errc::closed", "[store]") {
 TEST_CASE("drain in sync mode returns at once when nothing is in flight", "[store]") {
     dispatcher handlers;
     event_store<> store(handlers, 8);
-    const auto start = std::chrono::steady_clock::now();
-    CHECK_FALSE(store.drain(context{}.with_timeout(1s)));
-    CHECK(std::chrono::steady_clock::now() - start < 500ms);
+    // With nothing to wait for, drain does not wait: even a context that has already ended
+    // gets success, not its error.
+    std::stop_source stop;
+    stop.request_stop();
+    CHECK_FALSE(store.drain(context(stop.get_token())));
+    CHECK_FALSE(store.drain(context{}.with_timeout(0s)));
     REQUIRE_FALSE(store.subscribe({}, make("e")));
     CHECK_FALSE(store.drain({}));  // drain publishes what was subscribed, on the caller
     CHECK(store.metrics().unhandled == 1);
@@ -465,20 +476,22 @@ TEST_CASE("drain waits for another thread's dispatch; from inside a handler it r
           "[store]") {
     dispatcher handlers;
     event_store<> store(handlers, 8);
-    std::atomic<bool> inside{false};
+    eventbus_test::gate slow;
     std::atomic<bool> finished{false};
     std::error_code inner_drain;
     (void)handlers.on("slow", [&](const context&, const args&) {
-        inside = true;
         inner_drain = store.drain({});  // would wait for itself
-        std::this_thread::sleep_for(80ms);
+        slow.pass();
         finished = true;
     });
     REQUIRE_FALSE(store.subscribe({}, make("slow")));
     std::jthread publisher([&] { store.publish(); });
-    while (!inside)
-        std::this_thread::yield();
+    const eventbus_test::open_at_exit release(slow);
+    slow.entered.wait();
     CHECK(store.drain(context{}.with_timeout(10ms)) == errc::deadline_exceeded);
+    // The call ends once this thread sleeps in drain(), waiting for it.
+    auto opener =
+        eventbus_test::when_asleep(eventbus_test::current_thread_id(), [&] { slow.opened.set(); });
     CHECK_FALSE(store.drain({}));
     CHECK(finished);
     publisher.join();
