@@ -22,6 +22,7 @@ using eventbus::event;
 using eventbus::event_store;
 using eventbus::store_options;
 using eventbus::timer_handle;
+using eventbus_test::eventually;
 using eventbus_test::scaled;
 
 namespace {
@@ -30,23 +31,6 @@ using clock_type = std::chrono::steady_clock;
 
 event tick() {
     return event{.id = "t", .projection = "tick", .args = {}};
-}
-
-// Waits (sleeping) until `done()` or `limit` passes; true if done.
-template <class Done>
-bool eventually(Done done, std::chrono::milliseconds limit = 5000ms) {
-    const auto until = clock_type::now() + limit;
-    while (!done()) {
-        if (clock_type::now() > until)
-            return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
-
-// Timing bounds are loose under sanitizers (EVENTBUS_STRESS_SCALE < 1), which slow everything.
-std::chrono::milliseconds late_bound(std::chrono::milliseconds normal) {
-    return eventbus_test::stress_scale() < 1.0 ? normal * 10 : normal;
 }
 
 }  // namespace
@@ -66,7 +50,7 @@ TEST_CASE("schedule in the past runs synchronously on the caller", "[schedule]")
     CHECK(store.metrics().scheduled == 0);
 }
 
-TEST_CASE("schedule_after 50 ms is not immediate and is done soon after", "[schedule]") {
+TEST_CASE("schedule_after 50 ms runs no earlier than due, on the timer thread", "[schedule]") {
     std::atomic<int> calls{0};
     std::atomic<clock_type::rep> ran_at{0};
     std::thread::id ran_on;
@@ -78,12 +62,15 @@ TEST_CASE("schedule_after 50 ms is not immediate and is done soon after", "[sche
     event_store store(handlers, 8);
     const auto start = clock_type::now();
     const timer_handle handle = store.schedule_after(context{}, 50ms, tick());
-    CHECK(handle);
-    CHECK(calls == 0);
+    // Pending and not run yet, unless this thread was held up until it was due.
+    const bool pending = static_cast<bool>(handle);
+    const int calls_then = calls;
+    const auto looked = clock_type::now() - start;
+    CHECK((pending || looked >= 50ms));
+    CHECK((calls_then == 0 || looked >= 50ms));
     REQUIRE(eventually([&] { return calls == 1; }));
     const auto elapsed = clock_type::time_point(clock_type::duration(ran_at.load())) - start;
     CHECK(elapsed >= 50ms);
-    CHECK(elapsed < late_bound(200ms));
     CHECK(ran_on != std::this_thread::get_id());  // sync mode: on the timer thread
     CHECK_FALSE(handle);                          // it ran: nothing pending
     CHECK_FALSE(handle.error());
@@ -93,16 +80,24 @@ TEST_CASE("schedule_after 50 ms is not immediate and is done soon after", "[sche
 
 TEST_CASE("cancel returns true once and the event never runs", "[schedule]") {
     std::atomic<int> calls{0};
-    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
+    std::atomic<bool> later_ran{false};
+    dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }},
+                        {"later", [&](const context&, const args&) { later_ran = true; }}};
     event_store store(handlers, 8);
+    const auto start = clock_type::now();
     timer_handle handle = store.schedule_after(context{}, 30ms, tick());
-    REQUIRE(handle);
-    CHECK(handle.cancel());
-    CHECK_FALSE(handle.cancel());
-    CHECK_FALSE(handle);
-    std::this_thread::sleep_for(80ms);
-    CHECK(calls == 0);
-    CHECK(store.metrics().cancelled == 1);
+    // Due after the cancelled one: once it has run, the cancelled one would have run before it.
+    (void)store.schedule_after(context{}, 60ms, event{.id = "", .projection = "later", .args = {}});
+    if (handle.cancel()) {
+        CHECK_FALSE(handle.cancel());
+        CHECK_FALSE(handle);
+        REQUIRE(eventually([&] { return later_ran.load(); }));
+        CHECK(calls == 0);
+        CHECK(store.metrics().cancelled == 1);
+    } else {
+        // Only a thread held up until the event was due may find it gone.
+        CHECK(clock_type::now() - start >= 30ms);
+    }
     CHECK_FALSE(timer_handle{}.cancel());  // an empty handle has nothing to cancel
 }
 
@@ -111,21 +106,32 @@ TEST_CASE("a cancelled context cancels the scheduled event", "[schedule]") {
     dispatcher handlers{{"tick", [&](const context&, const args&) { ++calls; }}};
     event_store store(handlers, 8);
     std::stop_source stop;
+    const auto start = clock_type::now();
     timer_handle handle = store.schedule_after(context(stop.get_token()), 30ms, tick());
-    REQUIRE(handle);
+    const bool pending = static_cast<bool>(handle);
     stop.request_stop();
+    // Stopped before it was due, unless this thread was held up that long.
+    const bool in_time = clock_type::now() - start < 30ms;
+    CHECK((pending || !in_time));
     CHECK_FALSE(handle);
-    REQUIRE(eventually([&] { return store.metrics().cancelled == 1; }));
-    CHECK(calls == 0);
+    if (in_time) {
+        REQUIRE(eventually([&] { return store.metrics().cancelled == 1; }));
+        CHECK(calls == 0);
+    }
     CHECK_FALSE(handle.cancel());  // the context stopped it, not this call
+    REQUIRE(eventually(
+        [&] { return static_cast<std::uint64_t>(calls.load()) + store.metrics().cancelled == 1; }));
+    const int calls_before = calls;
 
     // A deadline before the due time cancels too; an ended context is refused at once.
     (void)store.schedule_after(context{}.with_timeout(5ms), 30ms, tick());
-    REQUIRE(eventually([&] { return store.metrics().cancelled == 2; }));
+    REQUIRE(eventually(
+        [&] { return static_cast<std::uint64_t>(calls.load()) + store.metrics().cancelled == 2; }));
+    CHECK(calls == calls_before);
     const timer_handle refused = store.schedule_after(context(stop.get_token()), 30ms, tick());
     CHECK_FALSE(refused);
     CHECK(refused.error() == errc::cancelled);
-    CHECK(calls == 0);
+    CHECK(calls == calls_before);
 }
 
 TEST_CASE("close cancels pending timers and counts them; schedule after close is refused",
@@ -179,13 +185,19 @@ TEST_CASE("earlier events scheduled later still run first; the timer thread does
                              order.push_back(std::any_cast<int>(a.at("n")));
                          }}};
     event_store store(handlers, 8);
-    (void)store.schedule_after(context{}, 60ms,
+    const auto start = clock_type::now();
+    (void)store.schedule_after(context{}, 100ms,
                                event{.id = "", .projection = "tick", .args = {{"n", 2}}});
-    (void)store.schedule_after(context{}, 20ms,
+    (void)store.schedule_after(context{}, 10ms,
                                event{.id = "", .projection = "tick", .args = {{"n", 1}}});
+    // The second is due first unless this thread was held up for 90 ms between the two.
+    const bool in_time = clock_type::now() - start < 90ms;
     REQUIRE(eventually([&] { return store.metrics().processed == 2; }));
     REQUIRE_FALSE(store.close(context{}));  // orders the timer thread's writes before ours
-    CHECK(order == std::vector<int>{1, 2});
+    if (in_time)
+        CHECK(order == std::vector<int>{1, 2});
+    else
+        CHECK(order.size() == 2);
 }
 
 TEST_CASE("many threads scheduling and cancelling: every event runs or is cancelled, once",
@@ -209,6 +221,8 @@ TEST_CASE("many threads scheduling and cancelling: every event runs or is cancel
             });
         }
     }
+    // Let some of the events become due before close() cancels the rest (how many does not
+    // matter: every split is counted the same way).
     std::this_thread::sleep_for(10ms);
     REQUIRE_FALSE(store.close(context{}));
     const auto m = store.metrics();
@@ -232,7 +246,7 @@ TEST_CASE("block: more events due at once than the ring holds still all run", "[
         REQUIRE(eventually([&] { return calls == 2; }));
         // A full ring of unpublished events and a pending timer: the destructor still finishes.
         REQUIRE_FALSE(store.subscribe(context{}, tick()));
-        (void)store.schedule_after(context{}, 10ms, tick());
+        (void)store.schedule_after(context{}, 1h, tick());
     }
     CHECK(calls == 3);  // the last one was still pending: the destructor cancelled it
 }
