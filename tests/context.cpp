@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "catch.hpp"
+#include "support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -73,8 +74,7 @@ TEST_CASE("a context ends at its deadline, not before", "[context]") {
     const auto ctx = eventbus::context{}.with_timeout(30ms);
     CHECK(ctx.has_deadline());
     CHECK(ctx.deadline() >= start + 30ms);
-    while (!ctx.done())
-        std::this_thread::sleep_for(1ms);
+    REQUIRE(eventbus_test::eventually([&] { return ctx.done(); }));
     CHECK(eventbus::context::clock::now() - start >= 30ms);
     CHECK(ctx.err() == eventbus::errc::deadline_exceeded);
 }

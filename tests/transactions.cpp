@@ -189,10 +189,9 @@ TEST_CASE("block commit waits for room for the whole run, or for its context", "
     REQUIRE_FALSE(tx.publish(numbered("e", 11)));
     CHECK(tx.commit(context{}.with_timeout(20ms)) == errc::deadline_exceeded);
     CHECK(store.metrics().published == 3);
-    std::jthread room([&] {
-        std::this_thread::sleep_for(20ms);
-        store.publish();
-    });
+    // Room is made once this thread sleeps in commit(), waiting for it.
+    auto room =
+        eventbus_test::when_asleep(eventbus_test::current_thread_id(), [&] { store.publish(); });
     CHECK_FALSE(tx.commit(context{}));
     room.join();
     CHECK(store.metrics().processed == 5);

@@ -244,10 +244,7 @@ TEST_CASE("typed events in transactions and schedules", "[typed]") {
     (void)store.schedule_after(context{}, 0ms, house_was_sold{"c", 4});  // due: at once
     CHECK(total == 7);
     auto handle = store.schedule_after(context{}, 5ms, house_was_sold{"d", 8});
-    const auto until = std::chrono::steady_clock::now() + 5s;
-    while (total != 15 && std::chrono::steady_clock::now() < until)
-        std::this_thread::sleep_for(1ms);
-    CHECK(total == 15);
+    CHECK(eventbus_test::eventually([&] { return total == 15; }));
     CHECK_FALSE(handle);
 }
 
