@@ -177,6 +177,9 @@ TEST_CASE("ordered_by_key parks a bounded number of events behind a busy key, in
     // everything runs, in subscribe order.
     constexpr std::size_t capacity = 8;
     constexpr std::size_t workers = 2;
+    const std::size_t max_parked = GENERATE(std::size_t{0}, std::size_t{1}, std::size_t{3});
+    CAPTURE(max_parked);
+    const std::size_t places = max_parked == 0 ? capacity : max_parked;
     dispatcher handlers;
     std::atomic<bool> released{false};
     std::vector<int> order;
@@ -189,8 +192,9 @@ TEST_CASE("ordered_by_key parks a bounded number of events behind a busy key, in
     });
     event_store<eventbus::return_error> store(
         handlers, capacity,
-        eventbus::store_options{.async = true, .workers = workers, .ordered_by_key = true});
-    constexpr std::size_t bound = capacity + capacity + workers;
+        eventbus::store_options{
+            .async = true, .workers = workers, .ordered_by_key = true, .max_parked = max_parked});
+    const std::size_t bound = capacity + places + workers;
     int accepted = 0;
     // Keep offering events for a while after the first refusal: parking without a bound would
     // take them all. (On a slow machine this may stop before the bound is reached: it can then
@@ -216,4 +220,20 @@ TEST_CASE("ordered_by_key parks a bounded number of events behind a busy key, in
     INFO(describe(m));
     CHECK(m.handled == static_cast<std::uint64_t>(accepted));
     CHECK(reconciles(m));
+}
+
+TEST_CASE("max_parked above 2^32 is refused with invalid_argument", "[reliability]") {
+    dispatcher handlers;
+    using store = event_store<eventbus::block>;
+    const eventbus::store_options too_many{.async = true,
+                                           .workers = 2,
+                                           .ordered_by_key = true,
+                                           .max_parked = (std::size_t{1} << 32) + 1};
+    std::string what;
+    try {
+        store refused(handlers, 8, too_many);
+    } catch (const std::invalid_argument& e) {
+        what = e.what();
+    }
+    CHECK(what.find("max_parked") != std::string::npos);
 }

@@ -2611,6 +2611,11 @@ struct store_options {
     /// Async mode: events with the same key are handled one at a time, in FIFO order, while
     /// different keys run in parallel. Costs a short mutex around each pop.
     bool ordered_by_key = false;
+    /// ordered_by_key: how many popped events may wait behind keys that other workers are
+    /// handling, in places allocated by the constructor (0: min(capacity, 4096); at most 2^32).
+    /// While all are taken, workers take no new event, so a handler must not wait for another
+    /// event of its own store to be handled.
+    std::size_t max_parked = 0;
     /// The caller promises that one thread at a time produces: subscribe, transaction commit,
     /// schedule, close and the destructor (a handler that subscribes counts as producing).
     /// subscribe then skips the check of who owns the ring's tail (see ring_options). Builds
@@ -3198,17 +3203,19 @@ namespace detail {
 template <class Ring>
 class worker_pool {
   public:
+    // `max_parked` > 0: ordered_by_key, with that many parking places.
     worker_pool(Ring& ring, dispatch_core& core, const void* store, std::size_t count,
-                bool ordered_by_key)
+                std::size_t max_parked)
         : ring_(ring)
         , core_(core)
         , store_(store)
         , count_(count)
         , state_(std::make_unique<worker_state[]>(count))
         , eligible_(ring.mark()) {
-        if (ordered_by_key) {
+        if (max_parked != 0) {
             stripes_ = std::make_unique<stripe[]>(stripe_count);
-            lot_ = parking_lot(std::min<std::size_t>(ring.capacity(), max_parked));
+            if (count > 1)  // one worker never finds its stripe owned by another
+                lot_ = parking_lot(max_parked);
         }
         threads_.reserve(count);
         try {
@@ -3322,7 +3329,7 @@ class worker_pool {
     // A stripe of keys for ordered_by_key, guarded by pop_mutex_. While a worker owns it, other
     // workers park its events here, in pop order, and go back to the ring; the owner handles
     // them before letting go. So a key never runs twice at once and keeps FIFO, and no worker
-    // ever waits for another key's handler.
+    // waits for another key's handler while a parking place is free.
     struct stripe {
         bool owned = false;
         std::size_t first = parking_lot::none;  // parked events, oldest first
@@ -3344,6 +3351,7 @@ class worker_pool {
             for (std::size_t i = 0; i < size; ++i)
                 places_[i].next = i + 1 < size ? i + 1 : none;
         }
+        /// Also when it has no place: then nothing may be parked (a single worker never does).
         [[nodiscard]] bool full() const noexcept { return free_ == none; }
 
         void park(stripe& lane, envelope&& ev) noexcept {
@@ -3380,7 +3388,6 @@ class worker_pool {
         std::unique_ptr<place[]> places_;
         std::size_t free_ = none;
     };
-    static constexpr std::size_t max_parked = 4096;
 
     // What take() found.
     enum class took {
@@ -3405,7 +3412,8 @@ class worker_pool {
                     break;
             }
             if (got != took::events) {
-                if (!idle.is_completed()) {
+                // Blocked: only an owner freeing a place ends it, and it wakes a sleeper.
+                if (got == took::nothing && !idle.is_completed()) {
                     idle.snooze();
                     continue;
                 }
@@ -3482,7 +3490,7 @@ class worker_pool {
             bool blocked = false;
             {
                 std::lock_guard lock(pop_mutex_);
-                if (lot_.full())
+                if (count_ > 1 && lot_.full())
                     blocked = true;  // the event popped might have to be parked: pop nothing
                 else
                     ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
@@ -3527,9 +3535,10 @@ class worker_pool {
             ev.emplace(lot_.take(lane));
         }
         // A waiter registered (seq_cst RMW) before its check under the lock, which came before
-        // this free: the load in notify_if_waiting sees it.
+        // this free: the load in notify_one_if_waiting sees it. One is enough: any sleeper
+        // re-runs take(), and one that pops an event for a free stripe wakes a helper.
         if (was_full)
-            work_.notify_if_waiting();
+            work_.notify_one_if_waiting();
         return ev;
     }
 
@@ -3819,8 +3828,15 @@ class event_store {
             return;
         if (options_.workers == 0)
             options_.workers = std::max<std::size_t>(1, std::thread::hardware_concurrency());
+        if (options_.max_parked > detail::max_capacity)
+            throw std::invalid_argument("eventbus: max_parked " +
+                                        std::to_string(options_.max_parked) +
+                                        " exceeds the maximum, 2^32 (4294967296)");
+        if (options_.ordered_by_key && options_.max_parked == 0)
+            options_.max_parked = std::min<std::size_t>(capacity, 4096);
         pool_ = std::make_unique<detail::worker_pool<ring_type>>(
-            ring_, core_, this, options_.workers, options_.ordered_by_key);
+            ring_, core_, this, options_.workers,
+            options_.ordered_by_key ? options_.max_parked : 0);
     }
 
     event_store(const event_store&) = delete;
