@@ -1,7 +1,8 @@
 // Helpers shared by the test files: stress scaling, a lifetime-counting element, thread failure
 // collection (Catch2 assertions are not thread-safe, so worker threads count failures and the
-// test thread asserts on the counts), and handshakes that do not depend on timing (waiting with
-// a generous deadline, one-way flags, seeing a thread asleep in the kernel).
+// test thread asserts on the counts), handshakes that do not depend on timing (waiting with a
+// generous deadline, one-way flags, seeing a thread asleep in the kernel), and the identity
+// that a store's counters satisfy at quiescence.
 #pragma once
 
 #include <atomic>
@@ -293,4 +294,45 @@ inline std::jthread when_asleep(thread_id id, std::function<void()> action) {
     });
 }
 
+// a store's counters ///////////////////////////////////////////////////////////////////////////
+
+/// The identity a store's counters satisfy at quiescence (after drain() or close() returned, with
+/// no producer, handler or timer running): every event taken in, published or triggered, was
+/// handled (at least one handler call ran), found no handler (also: all of its handlers were
+/// removed first), or was dropped. `processed` counts handler calls, so it is at least `handled`;
+/// `errors` counts the calls that threw. A scheduled event reached the ring (then it is in
+/// `published`) or was cancelled; one still pending (after drain(), not after close()) neither.
+template <class Metrics>
+bool reconciles(const Metrics& m) {
+    return m.published + m.triggered == m.handled + m.unhandled + m.dropped &&
+           m.processed >= m.handled && m.errors <= m.processed && m.cancelled <= m.scheduled &&
+           m.scheduled - m.cancelled <= m.published;
+}
+
+/// Every counter, for the message of a failed check.
+template <class Metrics>
+std::string describe(const Metrics& m) {
+    std::ostringstream text;
+    text << "published " << m.published << " + triggered " << m.triggered << " = "
+         << m.published + m.triggered << "; handled " << m.handled << " + unhandled " << m.unhandled
+         << " + dropped " << m.dropped << " = " << m.handled + m.unhandled + m.dropped
+         << "; processed " << m.processed << ", errors " << m.errors << ", scheduled "
+         << m.scheduled << ", cancelled " << m.cancelled;
+    return text.str();
+}
+
 }  // namespace eventbus_test
+
+/// Checks `reconciles(metrics)`, printing every counter when it fails (after catch.hpp).
+#define CHECK_RECONCILES(metrics)                                   \
+    do {                                                            \
+        const auto eventbus_test_metrics_ = (metrics);              \
+        INFO(::eventbus_test::describe(eventbus_test_metrics_));    \
+        CHECK(::eventbus_test::reconciles(eventbus_test_metrics_)); \
+    } while (false)
+#define REQUIRE_RECONCILES(metrics)                                   \
+    do {                                                              \
+        const auto eventbus_test_metrics_ = (metrics);                \
+        INFO(::eventbus_test::describe(eventbus_test_metrics_));      \
+        REQUIRE(::eventbus_test::reconciles(eventbus_test_metrics_)); \
+    } while (false)
