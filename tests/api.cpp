@@ -64,6 +64,8 @@ TEST_CASE("a scoped_registration removes its handler when it goes out of scope",
     store.publish();
     CHECK(calls == 1);
     CHECK(store.metrics().unhandled == 1);
+    CHECK(store.metrics().handled == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("an object that owns scoped registrations unsubscribes before it dies", "[api]") {
@@ -85,6 +87,7 @@ TEST_CASE("an object that owns scoped registrations unsubscribes before it dies"
     REQUIRE_FALSE(store.subscribe({}, order_placed{2, 1.0}));
     store.publish();
     CHECK(store.metrics().unhandled == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("scoped_registration: move, release and explicit remove", "[api]") {
@@ -124,6 +127,7 @@ TEST_CASE("scoped_registration: move, release and explicit remove", "[api]") {
     CHECK_FALSE(d);
     publish_one();
     CHECK(calls == 3);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("destroying a scoped_registration waits for its call in flight", "[api][async]") {
@@ -147,6 +151,7 @@ TEST_CASE("destroying a scoped_registration waits for its call in flight", "[api
     CHECK(finished.load());
     opener.join();
     REQUIRE_FALSE(store.drain({}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a scoped_registration destroyed inside its own handler does not wait for itself",
@@ -254,6 +259,7 @@ TEST_CASE("hooks and middleware return registrations that remove them", "[api][h
     CHECK(after == 1);
     CHECK(wrapped == 1);
     CHECK(store.metrics().processed == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("removing a hook waits for its call in flight, and it is never called again",
@@ -288,6 +294,7 @@ TEST_CASE("removing a hook waits for its call in flight, and it is never called 
     REQUIRE_FALSE(store.drain({}));
     CHECK(hook_calls == 1);
     CHECK(after_calls == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a hook may remove itself from inside its own call", "[api][hooks]") {
@@ -303,6 +310,7 @@ TEST_CASE("a hook may remove itself from inside its own call", "[api][hooks]") {
         REQUIRE_FALSE(store.subscribe({}, make("k")));
     store.publish();
     CHECK(calls == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("error hooks see the typed payload and the failing handler's name", "[api][hooks]") {
@@ -344,6 +352,8 @@ TEST_CASE("error hooks see the typed payload and the failing handler's name", "[
     CHECK(plain_error_hook == 2);
     CHECK(store.metrics().errors == 2);
     CHECK(store.metrics().processed == 3);
+    CHECK(store.metrics().handled == 3);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("on_unhandled sees every event that found no handler, once", "[api][hooks]") {
@@ -361,6 +371,7 @@ TEST_CASE("on_unhandled sees every event that found no handler, once", "[api][ho
     CHECK(unhandled[0] == "order_plcaed");
     CHECK(unhandled[1] == "typed");
     CHECK(store.metrics().unhandled == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 // immediate dispatch ///////////////////////////////////////////////////////////////////////
@@ -388,6 +399,8 @@ TEST_CASE("trigger runs the handlers now, on the caller, without the ring", "[ap
         CHECK(m.triggered == 1);
         CHECK(m.published == 0);
         CHECK(m.processed == 2);
+        CHECK(m.handled == 1);  // one event, two handler calls
+        CHECK_RECONCILES(m);
     }
 }
 
@@ -413,6 +426,8 @@ TEST_CASE("trigger isolates failures, runs hooks and reports handler_failed", "[
     CHECK(before == 4);
     CHECK(failures == 1);
     CHECK(store.metrics().errors == 1);
+    CHECK(store.metrics().handled == 2);  // a failed call still handles its event
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("trigger: ended context, closed store, no handler, from inside a handler",
@@ -436,6 +451,7 @@ TEST_CASE("trigger: ended context, closed store, no handler, from inside a handl
     CHECK(store.metrics().triggered == 2);
     REQUIRE_FALSE(store.close({}));
     CHECK(store.trigger({}, make("inner")) == errc::closed);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("trigger from several threads while others publish: every call counted once",
@@ -468,6 +484,8 @@ TEST_CASE("trigger from several threads while others publish: every call counted
     const store_metrics m = store.metrics();
     CHECK(m.triggered == per_thread);
     CHECK(m.processed == 2ull * per_thread - m.dropped);
+    CHECK(m.handled == m.processed);  // one handler: one call per event
+    CHECK_RECONCILES(m);
 }
 
 // dynamic arguments //////////////////////////////////////////////////////////////////////////
@@ -531,6 +549,7 @@ TEST_CASE("removals from inside handlers on two threads at once never wait for e
         REQUIRE_FALSE(store.subscribe({}, make("b")));
         store.publish();
         REQUIRE_FALSE(store.drain(context{}.with_timeout(eventbus_test::patience)));
+        CHECK_RECONCILES(store.metrics());
     }
 }
 
@@ -560,6 +579,7 @@ TEST_CASE("a handler subscribing into its own full block store gets would_deadlo
         const store_metrics m = store.metrics();
         CHECK(m.published == 3);
         CHECK(m.processed == 3);
+        CHECK_RECONCILES(m);
     }
 }
 
@@ -583,6 +603,10 @@ TEST_CASE("close() lets the handlers it is finishing trigger follow-ups", "[api]
         CHECK(follow_ups == 100);
         CHECK(refused == 0);
         CHECK(store.trigger({}, make("shipped")) == errc::closed);
+        const store_metrics m = store.metrics();
+        CHECK(m.triggered == 100);
+        CHECK(m.handled == 200);
+        CHECK_RECONCILES(m);
     }
 }
 
@@ -606,6 +630,9 @@ TEST_CASE("a sync handler committing into its own full block store gets would_de
     REQUIRE_FALSE(store.subscribe({}, make("other")));
     REQUIRE_FALSE(store.drain(context{}.with_timeout(eventbus_test::patience)));
     CHECK(inner == errc::would_deadlock);
+    REQUIRE_FALSE(store.drain({}));  // the filler, subscribed by the handler, waited for this
+    CHECK(store.metrics().unhandled == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a full block store returns at once for a context that has already ended", "[api]") {

@@ -61,7 +61,9 @@ TEST_CASE("async: 5 events, publish, drain gives metrics 5/5/0", "[async]") {
     const auto m = store.metrics();
     CHECK(m.published == 5);
     CHECK(m.processed == 5);
+    CHECK(m.handled == 5);
     CHECK(m.errors == 0);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("async: zero workers means one per hardware thread", "[async]") {
@@ -84,6 +86,7 @@ TEST_CASE("async: publish returns without waiting for handlers", "[async]") {
     release.set();
     REQUIRE_FALSE(store.drain({}));
     CHECK(calls == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: drain with a 10 ms deadline while a handler is still running", "[async]") {
@@ -100,6 +103,7 @@ TEST_CASE("async: drain with a 10 ms deadline while a handler is still running",
     slow.opened.set();
     REQUIRE_FALSE(store.drain({}));  // still usable, and now it completes
     CHECK(store.metrics().processed == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: drain handles events subscribed but never published", "[async]") {
@@ -114,6 +118,7 @@ TEST_CASE("async: drain handles events subscribed but never published", "[async]
     store.publish();
     REQUIRE_FALSE(store.drain({}));
     CHECK(calls == 3);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: close releases blocked producers with errc::closed and handles the rest",
@@ -146,6 +151,7 @@ TEST_CASE("async: close releases blocked producers with errc::closed and handles
         CHECK(r == errc::closed);
     CHECK(calls == 2);  // what was accepted is handled, though never published
     CHECK(store.metrics().processed == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: publish and subscribe after close never crash", "[async]") {
@@ -181,6 +187,8 @@ TEST_CASE("async: a throwing handler is counted and reported; the worker survive
     const auto m = store.metrics();
     CHECK(m.errors == 10);
     CHECK(m.processed == 20);
+    CHECK(m.handled == 20);  // a failed call still handles its event
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("async: a producer blocked on a full store is woken when a worker frees a slot",
@@ -201,6 +209,7 @@ TEST_CASE("async: a producer blocked on a full store is woken when a worker free
     store.publish();
     REQUIRE_FALSE(store.drain({}));
     CHECK(store.metrics().processed == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: close with a cancelled context stops long handlers early", "[async]") {
@@ -259,6 +268,8 @@ TEST_CASE("async: 4 producers x 2 workers, every event handled exactly once", "[
     const auto m = store.metrics();
     CHECK(m.published == total);
     CHECK(m.processed == total);
+    CHECK(m.handled == total);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("async: ordered_by_key keeps per-key FIFO and one-at-a-time with several workers",
@@ -308,7 +319,10 @@ TEST_CASE("async: ordered_by_key keeps per-key FIFO and one-at-a-time with sever
             fifo = fifo && l.order[static_cast<std::size_t>(i)] == i;
         CHECK(fifo);
     }
-    CHECK(store.metrics().processed == static_cast<std::uint64_t>(keys * per_key));
+    const auto m = store.metrics();
+    CHECK(m.processed == static_cast<std::uint64_t>(keys * per_key));
+    CHECK(m.handled == m.published);
+    CHECK_RECONCILES(m);
 }
 
 #if defined(__linux__)
@@ -379,6 +393,9 @@ TEST_CASE("async: drain returns while other threads keep publishing", "[async]")
         CHECK_FALSE(store.drain(context{}.with_timeout(eventbus_test::patience)));
     }
     stop = true;
+    noise.join();
+    REQUIRE_FALSE(store.drain({}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: an event's args are destroyed before drain reports it finished", "[async]") {
@@ -393,6 +410,7 @@ TEST_CASE("async: an event's args are destroyed before drain reports it finished
         REQUIRE_FALSE(store.drain({}));
         REQUIRE(counts.alive() == 0);
     }
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async drop_oldest: close racing overwrites loses nothing it accepted",
@@ -416,6 +434,8 @@ TEST_CASE("async drop_oldest: close racing overwrites loses nothing it accepted"
             published = m.published;
             dropped = m.dropped;
             REQUIRE(calls + dropped == published);  // at close() already
+            REQUIRE(m.handled == calls);
+            REQUIRE_RECONCILES(m);
         }
         REQUIRE(calls + dropped == published);
     }
@@ -447,6 +467,7 @@ TEST_CASE("async ordered_by_key: a busy key never holds up another key", "[async
     REQUIRE_FALSE(store.drain({}));
     CHECK(a_saw_b);
     CHECK(a_calls == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: events published together are spread over the idle workers", "[async]") {

@@ -80,6 +80,7 @@ TEST_CASE("a dispatcher is built like a Go map literal and runs handlers in orde
     REQUIRE_FALSE(store.subscribe({}, make(key::of<house_was_sold>())));
     store.publish();
     CHECK(calls == std::vector<std::string>{"user 12345", "second", "house"});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("remove() unregisters a handler; dropping the handle does not", "[dispatcher]") {
@@ -106,6 +107,7 @@ TEST_CASE("remove() unregisters a handler; dropping the handle does not", "[disp
     CHECK(first == 1);
     CHECK(second == 2);
     CHECK(store.metrics().unhandled == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a handler may remove itself and register others from inside", "[dispatcher]") {
@@ -130,6 +132,7 @@ TEST_CASE("a handler may remove itself and register others from inside", "[dispa
     store.publish();
     CHECK(self_calls == 1);
     CHECK(added_calls == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("remove() waits for the handler's calls in flight on other threads", "[dispatcher]") {
@@ -192,6 +195,9 @@ TEST_CASE("registering and removing while other threads publish", "[dispatcher][
     CHECK(failures == 0);
     CHECK(stable_calls == events);
     CHECK(removed_calls_after_remove == 0);
+    const auto m = store.metrics();
+    CHECK(m.handled == static_cast<std::uint64_t>(events));  // the stable handler saw each
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("a 'once' handler run by two publishers may remove itself from both", "[dispatcher]") {
@@ -228,6 +234,10 @@ TEST_CASE("a 'once' handler run by two publishers may remove itself from both", 
     REQUIRE_FALSE(store.subscribe({}, make("k")));
     store.publish();
     CHECK(calls == 2);
+    const auto m = store.metrics();
+    CHECK(m.handled == 2);
+    CHECK(m.unhandled == 1);  // the handler had removed itself
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("removed handlers are freed while another handler is still running", "[dispatcher]") {
@@ -299,6 +309,7 @@ TEST_CASE("a copy of a registration keeps the handler removable after the origin
     REQUIRE_FALSE(store.subscribe({}, make("e")));
     store.publish();
     CHECK(calls == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("remove() still waits for calls in flight when other handles were dropped",
@@ -342,6 +353,7 @@ TEST_CASE("a sync store keeps no removed handler alive once its handles are gone
     REQUIRE_FALSE(store.subscribe({}, make("permanent")));
     store.publish();
     CHECK(store.metrics().processed == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("remove() waits for a call in flight even while that call removes its own handler",
@@ -387,7 +399,11 @@ TEST_CASE("remove() waits for a call in flight even while that call removes its 
             std::this_thread::yield();
     }
     stop = true;
+    publisher.join();
     CHECK(returned_early == 0);
+    // Events whose handler had removed itself before their dispatch found none: unhandled.
+    REQUIRE_FALSE(store.drain({}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async: registering and removing while two workers call handlers",
@@ -434,7 +450,10 @@ TEST_CASE("async: registering and removing while two workers call handlers",
     CHECK(removals > 0);
     CHECK(calls_after_remove == 0);
     CHECK(stable_calls == events);
-    CHECK(store.metrics().processed >= static_cast<std::uint64_t>(events));
+    const auto m = store.metrics();
+    CHECK(m.processed >= static_cast<std::uint64_t>(events));
+    CHECK(m.handled == static_cast<std::uint64_t>(events));  // the stable handler saw each
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("a 'once' handler on each of two workers removes itself without waiting for the other",
@@ -466,6 +485,7 @@ TEST_CASE("a 'once' handler on each of two workers removes itself without waitin
     CHECK(inside == 2);
     CHECK_FALSE(first);
     CHECK_FALSE(second);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("an empty callable is refused at registration, not called at publish", "[dispatcher]") {

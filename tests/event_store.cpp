@@ -71,6 +71,7 @@ TEST_CASE("publish dispatches two projections in FIFO order", "[store]") {
     REQUIRE_FALSE(store.subscribe({}, with_id("a", "3")));
     store.publish();
     CHECK(order == std::vector<std::string>{"a1", "b2", "a3"});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("publish with nothing pending changes nothing", "[store]") {
@@ -82,6 +83,8 @@ TEST_CASE("publish with nothing pending changes nothing", "[store]") {
     CHECK(m.processed == 0);
     CHECK(m.errors == 0);
     CHECK(m.unhandled == 0);
+    CHECK(m.handled == 0);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("an event with no handler is consumed and counted, never an error", "[store]") {
@@ -94,8 +97,10 @@ TEST_CASE("an event with no handler is consumed and counted, never an error", "[
     CHECK(m.processed == 0);
     CHECK(m.errors == 0);
     CHECK(m.unhandled == 1);
+    CHECK(m.handled == 0);
     store.publish();
     CHECK(store.metrics().unhandled == 1);  // consumed, not retried
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("drop_oldest: 7 events into capacity 4 handles the last 4 and reports 3 dropped",
@@ -111,6 +116,8 @@ TEST_CASE("drop_oldest: 7 events into capacity 4 handles the last 4 and reports 
     CHECK(m.dropped == 3);
     CHECK(m.published == 7);
     CHECK(m.processed == 4);
+    CHECK(m.handled == 4);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("2^16 + 1 events into a 2^16 store handles 2^16", "[store]") {
@@ -122,6 +129,7 @@ TEST_CASE("2^16 + 1 events into a 2^16 store handles 2^16", "[store]") {
     store.publish();
     CHECK(calls == std::size_t{1} << 16);
     CHECK(store.metrics().dropped == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("return_error with capacity 8 accepts 8 and refuses the 9th", "[store]") {
@@ -151,6 +159,9 @@ TEST_CASE("return_error never accepts more than capacity under contention", "[st
         }
         REQUIRE(accepted == 8);
         REQUIRE(store.metrics().published == 8);
+        REQUIRE_FALSE(store.close({}));  // no handler: all 8 unhandled
+        REQUIRE(store.metrics().unhandled == 8);
+        REQUIRE_RECONCILES(store.metrics());
     }
 }
 
@@ -193,6 +204,7 @@ TEST_CASE("block: a waiting subscriber is released by another thread's publish",
     CHECK_FALSE(result_code);
     store.publish();
     CHECK(calls == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("metrics before and after publish", "[store]") {
@@ -207,8 +219,10 @@ TEST_CASE("metrics before and after publish", "[store]") {
     m = store.metrics();
     CHECK(m.published == 2);
     CHECK(m.processed == 2);
+    CHECK(m.handled == 2);
     CHECK(m.errors == 0);
     CHECK(m.dropped == 0);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("a throwing handler is counted once, reported, and the batch goes on", "[store]") {
@@ -245,6 +259,8 @@ TEST_CASE("a throwing handler is counted once, reported, and the batch goes on",
     store.publish();  // never delivered twice
     CHECK(error_ids.size() == 1);
     CHECK(store.metrics().processed == 3);
+    CHECK(store.metrics().handled == 2);  // two events, three handler calls
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("one failing handler: published 1, processed 1, errors 1 (as in Go)", "[store]") {
@@ -257,6 +273,8 @@ TEST_CASE("one failing handler: published 1, processed 1, errors 1 (as in Go)", 
     CHECK(m.published == 1);
     CHECK(m.processed == 1);
     CHECK(m.errors == 1);
+    CHECK(m.handled == 1);  // its handler ran, though it failed
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("hooks and middleware run in GoEventBus's order", "[store]") {
@@ -303,6 +321,7 @@ TEST_CASE("hooks and middleware run in GoEventBus's order", "[store]") {
     CHECK(trace == std::vector<std::string>{"before 2", "outer in", "inner in", "handler",
                                             "after error", "error"});
     CHECK(store.metrics().errors == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a handler added after subscribe but before publish is used", "[store]") {
@@ -314,6 +333,7 @@ TEST_CASE("a handler added after subscribe but before publish is used", "[store]
     store.publish();
     CHECK(calls == 1);
     CHECK(store.metrics().unhandled == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("type keys and string keys never collide", "[store]") {
@@ -329,6 +349,7 @@ TEST_CASE("type keys and string keys never collide", "[store]") {
     store.publish();
     CHECK(typed == 1);
     CHECK(named == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("1000 threads subscribing once each, then one publish, give 1000 calls",
@@ -351,6 +372,8 @@ TEST_CASE("1000 threads subscribing once each, then one publish, give 1000 calls
     CHECK(failures == 0);
     CHECK(calls == 1000);
     CHECK(store.metrics().published == 1000);
+    CHECK(store.metrics().handled == 1000);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("4 threads subscribing while 4 publish: every event handled exactly once",
@@ -389,6 +412,8 @@ TEST_CASE("4 threads subscribing while 4 publish: every event handled exactly on
     const auto m = store.metrics();
     CHECK(m.published == total);
     CHECK(m.processed == total);
+    CHECK(m.handled == total);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("subscribe and publish from inside a handler", "[store]") {
@@ -412,6 +437,7 @@ TEST_CASE("subscribe and publish from inside a handler", "[store]") {
     store.publish();
     CHECK(order.back() == "third");
     CHECK(store.metrics().processed == 3);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("close dispatches what was accepted, then refuses; twice is harmless", "[store]") {
@@ -428,6 +454,7 @@ TEST_CASE("close dispatches what was accepted, then refuses; twice is harmless",
     CHECK_FALSE(store.close({}));
     CHECK(calls == 2);
     CHECK(store.metrics().published == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("the destructor dispatches what was accepted", "[store]") {
@@ -456,6 +483,7 @@ TEST_CASE("close releases blocked subscribers with errc::closed", "[store]") {
     CHECK(result_code == errc::closed);
     CHECK(store.metrics().published == 1);
     CHECK(store.metrics().unhandled == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("drain in sync mode returns at once when nothing is in flight", "[store]") {
@@ -470,6 +498,7 @@ TEST_CASE("drain in sync mode returns at once when nothing is in flight", "[stor
     REQUIRE_FALSE(store.subscribe({}, make("e")));
     CHECK_FALSE(store.drain({}));  // drain publishes what was subscribed, on the caller
     CHECK(store.metrics().unhandled == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("drain waits for another thread's dispatch; from inside a handler it refuses",
@@ -496,6 +525,7 @@ TEST_CASE("drain waits for another thread's dispatch; from inside a handler it r
     CHECK(finished);
     publisher.join();
     CHECK(inner_drain == errc::would_deadlock);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("close from inside a handler dispatches the rest and does not wait for itself",
@@ -513,6 +543,7 @@ TEST_CASE("close from inside a handler dispatches the rest and does not wait for
     CHECK_FALSE(inner_close);
     CHECK(after == 1);
     CHECK(store.subscribe({}, make("after")) == errc::closed);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("handlers receive the store's context", "[store]") {
@@ -526,21 +557,32 @@ TEST_CASE("handlers receive the store's context", "[store]") {
     REQUIRE_FALSE(store.subscribe({}, make("e")));
     store.publish();
     CHECK(stop_possible);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("destroying a store right after another thread's dispatch is safe", "[store][stress]") {
     // close() waits for other threads' dispatches; the destructor must also wait until they have
     // stopped touching the store (ASan checks the use-after-free this once had).
+    // Every other run closes first (close() racing the end of the dispatch, as the destructor
+    // does), so that the counters can be checked before the store is gone.
     const std::size_t runs = scaled(2000, 200);
     std::atomic<bool> inside{false};
     dispatcher handlers{{"e", [&](const context&, const args&) { inside = true; }}};
     for (std::size_t run = 0; run < runs; ++run) {
-        inside = false;
-        auto store = std::make_unique<event_store<>>(handlers, 8);
-        REQUIRE_FALSE(store->subscribe({}, make("e")));
-        std::jthread publisher([&store] { store->publish(); });
-        while (!inside)
-            std::this_thread::yield();
-        store.reset();  // races with the end of the publisher's dispatch
+        for (const bool close_first : {false, true}) {
+            inside = false;
+            auto store = std::make_unique<event_store<>>(handlers, 8);
+            REQUIRE_FALSE(store->subscribe({}, make("e")));
+            std::jthread publisher([&store] { store->publish(); });
+            while (!inside)
+                std::this_thread::yield();
+            if (close_first) {
+                REQUIRE_FALSE(store->close({}));  // races with the end of the dispatch
+                const auto m = store->metrics();
+                REQUIRE(m.handled == 1);
+                REQUIRE_RECONCILES(m);
+            }
+            store.reset();  // races with the end of the publisher's dispatch
+        }
     }
 }

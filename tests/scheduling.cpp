@@ -48,6 +48,7 @@ TEST_CASE("schedule in the past runs synchronously on the caller", "[schedule]")
     CHECK_FALSE(now);
     CHECK(store.metrics().processed == 2);
     CHECK(store.metrics().scheduled == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("schedule_after 50 ms runs no earlier than due, on the timer thread", "[schedule]") {
@@ -76,6 +77,7 @@ TEST_CASE("schedule_after 50 ms runs no earlier than due, on the timer thread", 
     CHECK_FALSE(handle.error());
     CHECK(store.metrics().scheduled == 1);
     CHECK(store.metrics().cancelled == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("cancel returns true once and the event never runs", "[schedule]") {
@@ -99,6 +101,8 @@ TEST_CASE("cancel returns true once and the event never runs", "[schedule]") {
         CHECK(clock_type::now() - start >= 30ms);
     }
     CHECK_FALSE(timer_handle{}.cancel());  // an empty handle has nothing to cancel
+    REQUIRE_FALSE(store.close({}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a cancelled context cancels the scheduled event", "[schedule]") {
@@ -132,6 +136,8 @@ TEST_CASE("a cancelled context cancels the scheduled event", "[schedule]") {
     CHECK_FALSE(refused);
     CHECK(refused.error() == errc::cancelled);
     CHECK(calls == calls_before);
+    REQUIRE_FALSE(store.close({}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("close cancels pending timers and counts them; schedule after close is refused",
@@ -153,6 +159,7 @@ TEST_CASE("close cancels pending timers and counts them; schedule after close is
     CHECK_FALSE(late);
     CHECK(late.error() == errc::closed);
     CHECK(calls == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a handle may outlive its store", "[schedule]") {
@@ -176,6 +183,7 @@ TEST_CASE("async: scheduled events run on the workers; system_clock times work",
     REQUIRE(eventually([&] { return calls == 2; }));
     REQUIRE_FALSE(store.drain(context{}));
     CHECK(store.metrics().processed == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("earlier events scheduled later still run first; the timer thread does not poll",
@@ -198,6 +206,7 @@ TEST_CASE("earlier events scheduled later still run first; the timer thread does
         CHECK(order == std::vector<int>{1, 2});
     else
         CHECK(order.size() == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("many threads scheduling and cancelling: every event runs or is cancelled, once",
@@ -232,6 +241,8 @@ TEST_CASE("many threads scheduling and cancelling: every event runs or is cancel
     CHECK(m.published + m.cancelled == 3 * per_thread);
     CHECK(ran + m.dropped == m.published);
     CHECK(m.processed == ran);
+    CHECK(m.handled == ran);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("block: more events due at once than the ring holds still all run", "[schedule]") {
@@ -262,6 +273,8 @@ TEST_CASE("return_error: an event due while the ring is full is refused and coun
     CHECK_FALSE(handle.cancel());
     store.publish();
     CHECK(calls == 1);
+    REQUIRE_FALSE(store.close({}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("schedule at the earliest system_clock time publishes at once, without overflow",
@@ -275,6 +288,7 @@ TEST_CASE("schedule at the earliest system_clock time publishes at once, without
     CHECK_FALSE(h.error());
     CHECK(calls == 1);
     CHECK(store.metrics().scheduled == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a NaN delay is a bad argument, and nothing is scheduled", "[schedule]") {

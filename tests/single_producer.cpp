@@ -177,6 +177,8 @@ TEST_CASE("single producer store, sync: exactly once, counters reconcile", "[sp]
     CHECK(m.published == events);
     CHECK(m.processed == events);
     CHECK(m.unhandled == 0);
+    CHECK(m.handled == events);
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("single producer store, async with two workers: exactly once under load",
@@ -199,6 +201,8 @@ TEST_CASE("single producer store, async with two workers: exactly once under loa
     CHECK(m.published == events);
     CHECK(m.processed == events);
     CHECK(m.dropped == 0);
+    CHECK(m.handled == events);
+    CHECK_RECONCILES(m);
     REQUIRE_FALSE(store.close(context{}));
 }
 
@@ -213,6 +217,7 @@ TEST_CASE("single producer store: scheduling for later is refused, now is fine",
     const auto now = store.schedule_after(context{}, 0s, tick{0, 1});
     CHECK_FALSE(now.error());
     CHECK(calls == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 #if EVENTBUS_CHECK_SINGLE_PRODUCER && defined(__unix__) && !defined(__SANITIZE_THREAD__)

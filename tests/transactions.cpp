@@ -57,6 +57,7 @@ TEST_CASE("commit of 2 events handles both before returning; a later publish fin
     store.publish();
     CHECK(seen == std::vector<int>{1, 2});
     CHECK(store.metrics().processed == 2);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("sync commit dispatches older pending events first", "[tx]") {
@@ -68,6 +69,7 @@ TEST_CASE("sync commit dispatches older pending events first", "[tx]") {
     REQUIRE_FALSE(tx.publish(numbered("e", 1)));
     REQUIRE_FALSE(tx.commit(context{}));
     CHECK(seen == std::vector<int>{0, 1});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("rollback discards; then commit, publish and rollback say finished", "[tx]") {
@@ -83,6 +85,7 @@ TEST_CASE("rollback discards; then commit, publish and rollback say finished", "
     store.publish();
     CHECK(calls == 0);
     CHECK(store.metrics().published == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("commit then rollback wedges nothing, and other producers' events survive", "[tx]") {
@@ -101,6 +104,7 @@ TEST_CASE("commit then rollback wedges nothing, and other producers' events surv
     REQUIRE_FALSE(store.subscribe(context{}, numbered("e", 4)));
     store.publish();
     CHECK(seen == std::vector<int>{1, 2, 4});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a transaction's destructor rolls back; an empty commit succeeds", "[tx]") {
@@ -116,6 +120,7 @@ TEST_CASE("a transaction's destructor rolls back; an empty commit succeeds", "[t
     CHECK(empty.commit(context{}) == errc::finished);
     store.publish();
     CHECK(calls == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("commit of 3 events whose 2nd handler throws: handler_failed, the others still run",
@@ -144,6 +149,8 @@ TEST_CASE("commit of 3 events whose 2nd handler throws: handler_failed, the othe
     CHECK(reported == std::vector<std::string>{"second fails"});
     CHECK(store.metrics().errors == 1);
     CHECK(store.metrics().processed == 3);
+    CHECK(store.metrics().handled == 3);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEMPLATE_TEST_CASE("commit larger than the capacity fails with nothing enqueued", "[tx]",
@@ -159,6 +166,7 @@ TEMPLATE_TEST_CASE("commit larger than the capacity fails with nothing enqueued"
     CHECK(tx.is_open());  // may be rolled back, or shrunk by a new transaction
     CHECK_FALSE(tx.rollback());
     CHECK(calls == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("return_error commit with too little room fails with nothing enqueued, then succeeds",
@@ -177,6 +185,7 @@ TEST_CASE("return_error commit with too little room fails with nothing enqueued,
     store.publish();  // makes room
     REQUIRE_FALSE(tx.commit(context{}));
     CHECK(seen == std::vector<int>{0, 1, 10, 11, 12});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("block commit waits for room for the whole run, or for its context", "[tx]") {
@@ -195,6 +204,7 @@ TEST_CASE("block commit waits for room for the whole run, or for its context", "
     CHECK_FALSE(tx.commit(context{}));
     room.join();
     CHECK(store.metrics().processed == 5);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async commit waits for its own events only, not for the whole store", "[tx][async]") {
@@ -220,6 +230,7 @@ TEST_CASE("async commit waits for its own events only, not for the whole store",
     CHECK(fast == 2);
     release_slow.count_down();
     REQUIRE_FALSE(store.drain(context{}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async commit: a throwing handler gives handler_failed", "[tx][async]") {
@@ -235,6 +246,7 @@ TEST_CASE("async commit: a throwing handler gives handler_failed", "[tx][async]"
     REQUIRE_FALSE(store.drain(context{}));
     CHECK(store.metrics().processed == 3);
     CHECK(store.metrics().errors == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async drop_oldest: a transaction overwritten before it was handled says dropped",
@@ -270,6 +282,7 @@ TEST_CASE("async drop_oldest: a transaction overwritten before it was handled sa
     CHECK(store.metrics().dropped == 2);
     release.count_down();
     REQUIRE_FALSE(store.close(context{}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async commit from inside a handler would wait for itself: refused", "[tx][async]") {
@@ -286,6 +299,7 @@ TEST_CASE("async commit from inside a handler would wait for itself: refused", "
     REQUIRE_FALSE(store.drain(context{}));
     CHECK(inner == errc::would_deadlock);
     CHECK(store.metrics().published == 1);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("sync commit from inside a handler runs its events on the spot", "[tx]") {
@@ -302,6 +316,7 @@ TEST_CASE("sync commit from inside a handler runs its events on the spot", "[tx]
     REQUIRE_FALSE(store.subscribe(context{}, numbered("outer", 0)));
     store.publish();
     CHECK(seen == std::vector<int>{1, 0});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("concurrent 100-event transactions stay contiguous among single events; each once",
@@ -358,5 +373,8 @@ TEST_CASE("concurrent 100-event transactions stay contiguous among single events
                 ++broken;
     }
     CHECK(broken == 0);
-    CHECK(store.metrics().processed == expected);
+    const auto m = store.metrics();
+    CHECK(m.processed == expected);
+    CHECK(m.handled == expected);
+    CHECK_RECONCILES(m);
 }

@@ -96,6 +96,7 @@ TEST_CASE("a typed event reaches its typed handlers as const T&, in every handle
                                            "generic 500000"});
     CHECK(store.metrics().processed == 4);
     CHECK(store.metrics().unhandled == 0);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("typed handlers fit the braced dispatcher list next to dynamic ones", "[typed]") {
@@ -143,6 +144,7 @@ TEST_CASE("dynamic and typed events share one FIFO order", "[typed]") {
     }
     store.publish();
     CHECK(order == std::vector<std::string>{"t0", "d0", "t1", "d1", "t2", "d2"});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("payloads too large for a slot, or with a throwing move, go to the heap", "[typed]") {
@@ -208,6 +210,7 @@ TEST_CASE("hooks see a typed event by its key; middleware passes it through", "[
     REQUIRE_FALSE(store.subscribe(context{}, house_was_sold{"x", 1}));
     store.publish();
     CHECK(log == std::vector<std::string>{"before", "middleware", "handler x", "after"});
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("a dynamic event under a type's key fails that type's handler, reported once",
@@ -228,6 +231,7 @@ TEST_CASE("a dynamic event under a type's key fails that type's handler, reporte
     store.publish();
     CHECK(store.metrics().errors == 1);
     CHECK(message.find("eventbus") != std::string::npos);
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("typed events in transactions and schedules", "[typed]") {
@@ -246,6 +250,8 @@ TEST_CASE("typed events in transactions and schedules", "[typed]") {
     auto handle = store.schedule_after(context{}, 5ms, house_was_sold{"d", 8});
     CHECK(eventbus_test::eventually([&] { return total == 15; }));
     CHECK_FALSE(handle);
+    REQUIRE_FALSE(store.close(context{}));
+    CHECK_RECONCILES(store.metrics());
 }
 
 TEST_CASE("async typed events with ordered_by_key: each handled once, per type in order",
@@ -270,6 +276,8 @@ TEST_CASE("async typed events with ordered_by_key: each handled once, per type i
     const auto m = store.metrics();
     CHECK(static_cast<int>(ticks.size()) + sales.load() + static_cast<int>(m.dropped) == 2 * n);
     CHECK(std::is_sorted(ticks.begin(), ticks.end()));
+    CHECK(m.handled == ticks.size() + static_cast<std::size_t>(sales.load()));
+    CHECK_RECONCILES(m);
 }
 
 TEST_CASE("type keys are named by their type; on<const T> is on<T>", "[typed]") {
@@ -284,4 +292,5 @@ TEST_CASE("type keys are named by their type; on<const T> is on<T>", "[typed]") 
     REQUIRE_FALSE(store.subscribe(context{}, house_was_sold{"a", 1}));
     store.publish();
     CHECK(calls == 1);
+    CHECK_RECONCILES(store.metrics());
 }
