@@ -23,9 +23,11 @@
 //
 // RSS is sampled every second; after the warm-up (the first 20% of the run, at least one pass
 // over every configuration, at most half the run) it must stay within 8 MiB or 10% of the
-// warm-up's peak, whichever is larger.
+// warm-up's peak, whichever is larger. The heap in use between rounds (glibc's count of bytes
+// allocated and not freed, once a round's stores, dispatchers and events are gone) must stay
+// within 64 KiB of the warm-up's peak.
 //
-// Exit status: 0 when every round reconciled and RSS stayed flat; 1 on a failed check; 2 on a
+// Exit status: 0 when every round reconciled and memory stayed flat; 1 on a failed check; 2 on a
 // usage error; 3 when a round did not finish within its time plus a grace period (a hang).
 #include <eventbus/eventbus.hpp>
 
@@ -50,6 +52,9 @@
 #include <vector>
 
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace {
 
@@ -797,6 +802,20 @@ u64 rss_bytes() {
     return static_cast<u64>(resident) * static_cast<u64>(sysconf(_SC_PAGESIZE));
 }
 
+// Bytes the allocator has handed out and not got back (glibc 2.33 and later), else 0.
+u64 heap_in_use() {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    const struct mallinfo2 info = mallinfo2();
+    return static_cast<u64>(info.uordblks) + static_cast<u64>(info.hblkhd);
+#else
+    return 0;
+#endif
+}
+
+double kib(u64 bytes) {
+    return static_cast<double>(bytes) / 1024.0;
+}
+
 double mib(u64 bytes) {
     return static_cast<double>(bytes) / (1024.0 * 1024.0);
 }
@@ -859,6 +878,12 @@ struct totals {
     produced p;
     u64 checksum = 0;
     double seconds = 0;
+    // Heap in use between rounds, when every store, dispatcher and event of the round is gone.
+    clock_type::time_point start;
+    double warm_up = 0;
+    u64 heap_warm_peak = 0;
+    u64 heap_later_peak = 0;
+    u64 heap_later_rounds = 0;
 };
 
 void add_metrics(eventbus::store_metrics& sum, const eventbus::store_metrics& m) {
@@ -941,15 +966,22 @@ template <class Policy>
 void run_one(const settings& s, u64 number, mode m, std::size_t capacity,
              std::chrono::duration<double> length, totals& t) {
     round_result r = run_round<Policy>(s, number, m, capacity, length);
+    const u64 heap = heap_in_use();
+    if (std::chrono::duration<double>(clock_type::now() - t.start).count() <= t.warm_up) {
+        t.heap_warm_peak = std::max(t.heap_warm_peak, heap);
+    } else {
+        t.heap_later_peak = std::max(t.heap_later_peak, heap);
+        ++t.heap_later_rounds;
+    }
     const u64 events = r.metrics.published + r.metrics.triggered;
     const u64 handled = r.metrics.handled;
     std::printf(
         "round %" PRIu64 " %.*s %.*s cap %zu: %.2f s, %" PRIu64 " events (%.0f/s), %" PRIu64
-        " handled (%.0f/s), checksum %016" PRIx64 ", rss %.1f MiB: %s\n",
+        " handled (%.0f/s), checksum %016" PRIx64 ", rss %.1f MiB, heap %.1f KiB: %s\n",
         number, static_cast<int>(policy_name<Policy>().size()), policy_name<Policy>().data(),
         static_cast<int>(mode_name(m).size()), mode_name(m).data(), capacity, r.seconds, events,
         static_cast<double>(events) / r.seconds, handled, static_cast<double>(handled) / r.seconds,
-        r.checksum, mib(rss_bytes()), r.failures.empty() ? "OK" : "FAILED");
+        r.checksum, mib(rss_bytes()), kib(heap), r.failures.empty() ? "OK" : "FAILED");
     print_counters("    ", r.metrics, r.total);
     for (const std::string& f : r.failures)
         std::printf("    FAIL: %s\n", f.c_str());
@@ -986,6 +1018,8 @@ int main(int argc, char** argv) {
     sampler rss(static_cast<std::size_t>(total_seconds) + 600);
     totals t;
     const auto start = clock_type::now();
+    t.start = start;
+    t.warm_up = warm_up;
     const auto end = start + std::chrono::duration_cast<clock_type::duration>(
                                  std::chrono::duration<double>(total_seconds));
     for (u64 number = 0;; ++number) {
@@ -1034,6 +1068,21 @@ int main(int argc, char** argv) {
     } else {
         rss_verdict = "OK";
     }
+    // Heap in use between rounds: what the rounds leave behind, a finer view than RSS (which
+    // also moves with the allocator's free pages).
+    const u64 heap_tolerance = 64ULL << 10U;
+    bool heap_ok = true;
+    std::string heap_verdict;
+    if (t.heap_warm_peak == 0) {
+        heap_verdict = "not checked (no allocator statistics)";
+    } else if (t.heap_later_rounds < 3) {
+        heap_verdict = "not checked (fewer than 3 rounds after the warm-up)";
+    } else if (t.heap_later_peak > t.heap_warm_peak + heap_tolerance) {
+        heap_ok = false;
+        heap_verdict = "FAIL: grew by more than the tolerance";
+    } else {
+        heap_verdict = "OK";
+    }
 
     const u64 events = t.m.published + t.m.triggered;
     std::printf("\nsummary: %" PRIu64 " rounds in %.1f s (%" PRIu64 " failed)\n", t.rounds, elapsed,
@@ -1049,7 +1098,11 @@ int main(int argc, char** argv) {
         "final %.1f MiB, limit %.1f MiB: %s\n",
         mib(warm_peak), warm_up, mib(later_peak), later, mib(final_rss), mib(warm_peak + tolerance),
         rss_verdict.c_str());
-    const bool ok = t.failed_rounds == 0 && rss_ok && t.rounds > 0;
+    std::printf("  heap in use between rounds: warm-up peak %.1f KiB, peak after %.1f KiB (%" PRIu64
+                " rounds), limit %.1f KiB: %s\n",
+                kib(t.heap_warm_peak), kib(t.heap_later_peak), t.heap_later_rounds,
+                kib(t.heap_warm_peak + heap_tolerance), heap_verdict.c_str());
+    const bool ok = t.failed_rounds == 0 && rss_ok && heap_ok && t.rounds > 0;
     std::printf("%s\n", ok ? "PASS" : "FAIL");
     return ok ? 0 : 1;
 }
