@@ -300,3 +300,26 @@ TEST_CASE("a NaN delay is a bad argument, and nothing is scheduled", "[schedule]
         std::invalid_argument);
     CHECK(store.metrics().published == 0);
 }
+
+TEST_CASE("cancelling the entry the timer thread is waiting for", "[schedule]") {
+    // The timer thread sleeps until the earliest entry is due; a cancel() then erases that
+    // entry. The thread must not read the erased entry when it wakes (AddressSanitizer checks).
+    std::atomic<eventbus_test::thread_id> timer_thread{0};
+    std::atomic<int> calls{0};
+    dispatcher handlers{
+        {"where",
+         [&](const context&, const args&) { timer_thread = eventbus_test::current_thread_id(); }},
+        {"tick", [&](const context&, const args&) { ++calls; }}};
+    event_store store(handlers, 8);
+    (void)store.schedule_after(context{}, 1ms, event{.id = "", .projection = "where", .args = {}});
+    REQUIRE(eventually([&] { return timer_thread.load() != 0; }));
+    timer_handle handle = store.schedule_after(context{}, 200ms, tick());
+    REQUIRE(eventually([&] { return eventbus_test::is_asleep(timer_thread.load()); }));
+    const bool cancelled = handle.cancel();
+    // The thread wakes (for the cancel or at the due time) and finds the queue changed.
+    (void)store.schedule_after(context{}, 1ms, tick());
+    REQUIRE(eventually([&] { return calls.load() == (cancelled ? 1 : 2); }));
+    REQUIRE_FALSE(store.close({}));
+    CHECK(store.metrics().cancelled == (cancelled ? 1U : 0U));
+    CHECK_RECONCILES(store.metrics());
+}

@@ -3739,8 +3739,9 @@ class timer_service {
                 continue;
             }
             const auto now = context::clock::now();
-            if (q.pending.begin()->first > now) {
-                q.wake.wait_until(lock, q.pending.begin()->first);
+            if (const auto next = q.pending.begin()->first; next > now) {
+                // A copy: a cancel() may erase the entry, and its key, during the wait.
+                q.wake.wait_until(lock, next);
                 continue;
             }
             // An entry leaves the queue only once it has a place in `due`: if that place cannot
