@@ -198,6 +198,16 @@ def store_seeds():
              SCHEDULE_FUTURE, KIND_A, 0, 1, EXPIRED,  # an ended context: refused
              CANCEL_TIMER, 1, CANCEL_TIMER, 0, CLOSE_STORE, NEVER,
              SCHEDULE_PAST, KIND_A, 3, NEVER, SCHEDULE_FUTURE, KIND_SMALL, 1, 2, NEVER])
+        seeds[f"{name}-schedule-later"] = store_header(policy, 2) + (
+            handler(KEY_A, A_SCHEDULE_FUTURE, param=KIND_SMALL + 6 * 3) +  # into timer slot 0
+            handler(KEY_SMALL, typed=True) +
+            [SCHEDULE_FUTURE, KIND_A, 0, 1, NEVER, SCHEDULE_FUTURE, KIND_BIG, 1, 2, FAR,
+             SCHEDULE_FUTURE, KIND_SMALL, 2, 3, NEVER, SCHEDULE_FUTURE, KIND_B, 0, 3, CANCELLED,
+             CANCEL_TIMER, 1, CANCEL_TIMER, 1, CANCEL_TIMER, 3] +
+            subscribe(KIND_A) + [PUBLISH, TRIGGER, KIND_A, FAR,
+                                 SCHEDULE_FUTURE, KIND_A, 0, 1, NEVER,  # replaces a pending one
+                                 CANCEL_TIMER, 0, CLOSE_STORE, EXPIRED,  # cancels the rest
+                                 CANCEL_TIMER, 2, SCHEDULE_FUTURE, KIND_A, 0, 1, NEVER])
         seeds[f"{name}-batches-of-64"] = store_header(policy, 7) + (
             handler(KEY_A, A_SUBSCRIBE, param=KIND_A) + handler(KEY_SMALL, typed=True) +
             handler(KEY_SMALL, A_REMOVE_SELF, typed=True, priority=1) +

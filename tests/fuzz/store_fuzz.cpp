@@ -8,13 +8,14 @@
 // past, schedule_after(0) and far in the future with cancel, drain and close, with contexts that
 // have or have not ended.
 //
-// Handlers may do one thing each when called (up to three handlers deep): remove themselves
-// ("once") or another handler, add a handler, subscribe a follow-up event, publish (nested),
-// trigger, commit a transaction, drain, close or schedule; and then throw std::runtime_error, or
-// an int, or return. The model predicts every handler and hook call in order (a sync store's
-// order is deterministic), what each call and operation returns, and every counter of
-// metrics(); all of it is compared after every operation, with the identity
-// published + triggered == handled + unhandled + dropped + (events still in the ring).
+// Handlers may do one thing each when called (up to three handlers deep, 32 times per
+// operation): remove themselves ("once") or another handler, add a handler, subscribe a
+// follow-up event, publish (nested), trigger, commit a transaction, drain, close or schedule;
+// and then throw std::runtime_error, or an int, or return. The model predicts every handler and
+// hook call in order (a sync store's order is deterministic), what each call and operation
+// returns, and every counter of metrics(); all of it is compared after every operation, with
+// the identity published + triggered == handled + unhandled + dropped + (events still in the
+// ring).
 //
 // A handler of a block store schedules in the past only with an ended context: an immediate
 // schedule() waits for room as subscribe does outside a handler, which from inside a handler of
@@ -49,6 +50,9 @@ constexpr std::uint32_t absent = 0xFFFFFFFFU;  // a log value for "none"
 constexpr std::size_t max_handlers = 24;
 constexpr std::size_t max_hooks = 8;
 constexpr int max_depth = 3;
+// Handler actions per top-level operation: nested triggers and publishes fan out (each call may
+// reach every handler of a key), and a few hundred calls per operation find as much as millions.
+constexpr int action_budget = 32;
 constexpr std::size_t tx_slots = 2;
 constexpr std::size_t timer_slots = 4;
 constexpr std::size_t batch_size = 64;  // events a sync publish claims at once
@@ -280,6 +284,7 @@ class real_bus {
     std::vector<entry> log;
 
     void apply(const op_args& a) {
+        budget_ = action_budget;
         const context& ctx = cx_.get(a.ctx);
         switch (a.code) {
             case op::add_handler:
@@ -377,8 +382,10 @@ class real_bus {
             int& depth;
             ~leave() { --depth; }
         } const left{depth_};
-        if (depth_ <= max_depth)
+        if (depth_ <= max_depth && budget_ > 0) {
+            --budget_;
             act(h, spec, ctx);
+        }
         if (spec.throws == 1)
             throw std::runtime_error("handler " + std::to_string(h));
         if (spec.throws == 2)
@@ -752,6 +759,7 @@ class real_bus {
     std::array<std::optional<typename store_type::transaction>, tx_slots> tx_;
     std::uint32_t next_id_ = 0;
     int depth_ = 0;
+    int budget_ = 0;  // handler actions left in this operation
 };
 
 // The model ////////////////////////////////////////////////////////////////////////////////////
@@ -785,6 +793,7 @@ class model_bus {
     }
 
     void apply(const op_args& a) {
+        budget_ = action_budget;
         const bool ended = contexts::ended(a.ctx);
         const std::error_code ctx_error = contexts::error_of(a.ctx);
         switch (a.code) {
@@ -1036,8 +1045,10 @@ class model_bus {
         if (spec.typed == typed_kind(e.kind)) {
             log.push_back({what::call, h, e.id, ctx_done ? 1U : 0U});
             ++depth_;
-            if (depth_ <= max_depth)
+            if (depth_ <= max_depth && budget_ > 0) {
+                --budget_;
                 act(h, spec, ctx_done);
+            }
             --depth_;
             failed = spec.throws != 0;
         }
@@ -1236,6 +1247,7 @@ class model_bus {
     std::array<std::int32_t, timer_slots> timer_slot_{-1, -1, -1, -1};
     std::uint32_t next_id_ = 0;
     int depth_ = 0;
+    int budget_ = 0;
 };
 
 // The driver ///////////////////////////////////////////////////////////////////////////////////
