@@ -265,8 +265,10 @@ void run_scenario(eventbus::store_options options, scenario_outcome& out,
     const context ctx;
     for (int i = 0; i < 6; ++i) {
         guarded([&] {
+            // The id is only the number: g++ 12 at -O3 warns falsely (-Wrestrict) about
+            // inlined string concatenation here.
             eventbus::event ev{
-                .id = "e" + std::to_string(i), .projection = "dynamic", .args = {{"n", i}}};
+                .id = std::to_string(i), .projection = "dynamic", .args = {{"n", i}}};
             if (!store.subscribe(ctx, std::move(ev)))
                 ++out.accepted;
         });
