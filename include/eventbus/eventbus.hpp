@@ -41,6 +41,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <initializer_list>
@@ -1597,6 +1598,9 @@ const key& typed_key() noexcept {
     return k;
 }
 
+class envelope;
+struct kept_event;
+
 /// How an envelope moves, destroys and names the payload it holds: one table per payload type.
 struct payload_ops {
     const void* type;  // &type_tag<T>; nullptr: a dynamic event (or a transaction's box)
@@ -1607,6 +1611,8 @@ struct payload_ops {
     void (*destroy)(void* at) noexcept;
     const void* (*payload)(const void* at) noexcept;  // the T (or event) object
     const key& (*projection)(const void* at) noexcept;
+    // A box of another envelope (a transaction's event, a kept event): that envelope.
+    const envelope& (*inner)(const void* at) noexcept = nullptr;
 };
 
 /// Whether a T lives inside the envelope (else on the heap, the envelope holding a pointer).
@@ -1712,6 +1718,13 @@ class envelope {
     /// After the event's handlers ran: tells its transaction, if any.
     void complete(bool failed_call) noexcept;
 
+    /// The event, kept beyond its batch for retries and dead letters: the content is moved out
+    /// (a transaction's box stays, empty), or shared when it is kept already. Allocates once
+    /// (std::bad_alloc, with nothing moved).
+    [[nodiscard]] std::shared_ptr<const kept_event> keep();
+    /// An envelope that shares a kept event (a replayed dead letter). Allocates nothing.
+    explicit envelope(std::shared_ptr<const kept_event> kept) noexcept;
+
   private:
     void take(envelope& other) noexcept {
         ops_ = std::exchange(other.ops_, nullptr);
@@ -1767,7 +1780,51 @@ inline constexpr payload_ops tx_ops{
     [](const void* at) noexcept -> const key& {
         return (*std::launder(static_cast<tx_box* const*>(at)))->inner.projection();
     },
+    [](const void* at) noexcept -> const envelope& {
+        return (*std::launder(static_cast<tx_box* const*>(at)))->inner;
+    },
 };
+
+/// An event kept beyond its batch: shared by the retries and dead letters of its handlers, and
+/// by the envelopes that replay it. Never changes.
+struct kept_event {
+    envelope ev;
+};
+
+using kept_ptr = std::shared_ptr<const kept_event>;
+
+inline const kept_ptr& kept_at(const void* at) noexcept {
+    return *std::launder(static_cast<const kept_ptr*>(at));
+}
+
+inline constexpr payload_ops kept_ops{
+    nullptr,
+    false,
+    false,
+    false,
+    [](void* from, void* to) noexcept {
+        kept_ptr* source = std::launder(static_cast<kept_ptr*>(from));
+        ::new (to) kept_ptr(std::move(*source));
+        source->~kept_ptr();
+    },
+    [](void* at) noexcept { std::launder(static_cast<kept_ptr*>(at))->~kept_ptr(); },
+    [](const void* at) noexcept -> const void* { return kept_at(at)->ev.payload(); },
+    [](const void* at) noexcept -> const key& { return kept_at(at)->ev.projection(); },
+    [](const void* at) noexcept -> const envelope& { return kept_at(at)->ev; },
+};
+
+inline envelope::envelope(kept_ptr kept) noexcept : ops_(&kept_ops) {
+    ::new (static_cast<void*>(storage_)) kept_ptr(std::move(kept));
+}
+
+inline kept_ptr envelope::keep() {
+    if (ops_ == &kept_ops)
+        return kept_at(storage_);
+    envelope& source = ops_->transaction ? box()->inner : *this;
+    auto kept = std::make_shared<kept_event>();
+    kept->ev = std::move(source);
+    return kept;
+}
 
 inline envelope::envelope(std::shared_ptr<tx_record> record, envelope&& inner) : ops_(&tx_ops) {
     auto* boxed = new tx_box{nullptr, std::move(inner)};
@@ -1776,7 +1833,7 @@ inline envelope::envelope(std::shared_ptr<tx_record> record, envelope&& inner) :
 }
 
 inline const envelope& envelope::content() const noexcept {
-    return ops_->transaction ? box()->inner : *this;
+    return ops_->inner != nullptr ? ops_->inner(storage_) : *this;
 }
 
 inline void envelope::complete(bool failed_call) noexcept {
@@ -1787,6 +1844,69 @@ inline void envelope::complete(bool failed_call) noexcept {
 }  // namespace detail
 
 // dispatcher //////////////////////////////////////////////////////////////////////////////////
+
+/// How long a handler's retries wait: the n-th retry (n = 1, 2, ...) waits
+/// `initial * factor^(n-1)`, at most `cap`, shortened by a random share of at most `jitter`
+/// (0: none; 0.5: a delay between half and all of it). `factor` 1 is a constant delay.
+struct backoff_policy {
+    std::chrono::nanoseconds initial{0};
+    double factor = 1.0;
+    std::chrono::nanoseconds cap = std::chrono::nanoseconds::max();
+    double jitter = 0.0;
+
+    /// Every retry waits `delay`.
+    [[nodiscard]] static constexpr backoff_policy constant(
+        std::chrono::nanoseconds delay) noexcept {
+        return {delay, 1.0, delay, 0.0};
+    }
+    /// `initial`, then `factor` times longer each retry, at most `cap`.
+    [[nodiscard]] static constexpr backoff_policy exponential(
+        std::chrono::nanoseconds initial, double factor = 2.0,
+        std::chrono::nanoseconds cap = std::chrono::seconds(30), double jitter = 0.0) noexcept {
+        return {initial, factor, cap, jitter};
+    }
+
+    /// The wait before retry `n` (1 for the first), with `random` in [0, 1) drawn for the
+    /// jitter. Never negative, never more than `cap`; no overflow for any `n`.
+    [[nodiscard]] std::chrono::nanoseconds delay(std::uint32_t n,
+                                                 double random = 0.0) const noexcept {
+        const double limit = static_cast<double>(cap.count());
+        double wait = static_cast<double>(initial.count());
+        for (std::uint32_t i = 1; i < n && wait < limit; ++i)
+            wait *= factor;
+        wait = std::min(wait, limit) * (1.0 - jitter * random);
+        // 2^63 as a double is past the largest count: clamp before converting.
+        if (!(wait < 9.2e18))
+            return cap;
+        return std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(wait));
+    }
+};
+
+/// When a handler call fails: try it again, up to `max_attempts` calls in all (1: no retry),
+/// waiting `backoff` before each retry on the store's timer thread (never in a publishing
+/// thread or a worker). Only the handler that failed is called again.
+struct retry_policy {
+    std::uint32_t max_attempts = 1;
+    backoff_policy backoff{};
+};
+
+namespace detail {
+/// `std::invalid_argument` for a retry policy that cannot be followed.
+inline void check_retry(const retry_policy& r) {
+    const backoff_policy& b = r.backoff;
+    const char* problem = nullptr;
+    if (r.max_attempts == 0)
+        problem = "max_attempts is 0 (1 means no retry)";
+    else if (b.initial.count() < 0 || b.cap.count() < 0)
+        problem = "a negative delay";
+    else if (!(b.factor >= 1.0) || b.factor > 1e9)
+        problem = "factor is not in [1, 1e9]";
+    else if (!(b.jitter >= 0.0 && b.jitter <= 1.0))
+        problem = "jitter is not in [0, 1]";
+    if (problem != nullptr)
+        throw std::invalid_argument(std::string("eventbus: retry policy: ") + problem);
+}
+}  // namespace detail
 
 namespace detail {
 
@@ -1939,6 +2059,7 @@ struct handler_entry final : registered {
     key projection = key("");
     std::string name;  // handler_options::name, for error hooks
     int priority = 0;  // handler_options::priority
+    retry_policy retry;
     std::weak_ptr<dispatcher_state> owner;
 
     void remove() noexcept override;
@@ -2371,11 +2492,14 @@ class handler {
 
 /// Options of one handler registration.
 struct handler_options {
-    /// Shown to error hooks (`handler_failure::handler`); empty by default.
+    /// Shown to error hooks (`handler_failure::handler`) and in dead letters; empty by default.
     std::string name;
     /// Handlers of one key run in descending priority, those of equal priority in the order
     /// they were registered. Decided at registration: it costs nothing per event.
     int priority = 0;
+    /// What happens when a call fails (throws): by default it is not retried and the event goes
+    /// to the store's dead letters for this handler (see `store_options::dead_letter_capacity`).
+    retry_policy retry{};
 };
 
 class dispatcher;
@@ -2538,11 +2662,13 @@ class dispatcher {
             throw std::invalid_argument("eventbus: a typed handler registered under key '" +
                                         std::string(projection.name()) +
                                         "', which is not its event type (use on<T>(fn))");
+        detail::check_retry(options.retry);
         auto added = std::make_shared<detail::handler_entry>();
         added->call = std::move(fn.call_);
         added->projection = projection;
         added->name = std::move(options.name);
         added->priority = options.priority;
+        added->retry = options.retry;
         added->owner = state_;
         state_->handlers.update([&](table& t) {
             auto& list = t[projection];
@@ -2621,6 +2747,10 @@ struct store_options {
     /// subscribe then skips the check of who owns the ring's tail (see ring_options). Builds
     /// without NDEBUG abort with a message when two threads subscribe at once.
     bool single_producer = false;
+    /// How many dead letters the store keeps for `dead_letters()` (the oldest are dropped
+    /// beyond it, counted in `metrics().dead_letters_dropped`). 0: none are kept; they are
+    /// still counted and shown to `on_dead_letter` hooks.
+    std::size_t dead_letter_capacity = 0;
 };
 
 /// A snapshot of a store's counters.
@@ -2637,7 +2767,19 @@ struct store_metrics {
     /// Scheduled events that never reached the ring: cancelled through their handle or their
     /// context, still pending at close(), or refused when due (ring full or closed).
     std::uint64_t cancelled = 0;
+    /// Handler calls that were retries (also in `processed`, and in `errors` if they threw).
+    std::uint64_t retried = 0;
+    /// Dead letters: a handler's last attempt at an event failed, or its retry could not run
+    /// (the store closed, the handler was removed, or there was no memory to keep the event).
+    std::uint64_t dead_lettered = 0;
+    /// Dead letters not kept: beyond `dead_letter_capacity` (the oldest go), or no memory.
+    std::uint64_t dead_letters_dropped = 0;
+    /// Failed handler calls of trigger(): its caller is told (`handler_failed`); they are never
+    /// retried or dead-lettered.
+    std::uint64_t trigger_errors = 0;
 };
+
+class dead_letter;
 
 /// What hooks see of an event, typed or dynamic, without copying it. Valid during the hook call.
 class event_view {
@@ -2671,6 +2813,7 @@ class event_view {
     template <overflow_policy>
     friend class event_store;
     friend class next_handler;
+    friend class dead_letter;
     event_view(const key& projection, const void* type, const void* payload) noexcept
         : projection_(&projection), type_(type), payload_(payload) {}
 
@@ -2686,9 +2829,64 @@ class event_view {
 
 /// What an error hook of the second form learns about a failed handler call.
 struct handler_failure {
-    event_view event;          ///< the event being handled
-    std::string_view handler;  ///< the handler's `handler_options::name` (empty if none)
-    std::exception_ptr error;  ///< what it threw (or a before hook or middleware threw)
+    event_view event;                ///< the event being handled
+    std::string_view handler;        ///< the handler's `handler_options::name` (empty if none)
+    std::exception_ptr error;        ///< what it threw (or a before hook or middleware threw)
+    std::uint32_t attempt = 1;       ///< 1 for the first call, 2 for the first retry, ...
+    std::uint32_t max_attempts = 1;  ///< the handler's `retry_policy::max_attempts`
+};
+
+/// An event that a handler gave up on: its last attempt failed, or its retry could not run.
+/// Holds the event (shared, never copied) for as long as any copy of the letter lives.
+/// Copyable; thread-safe to read.
+class dead_letter {
+  public:
+    /// The event, typed (`get_if<T>()`) or dynamic (`dynamic()`).
+    [[nodiscard]] event_view event() const noexcept {
+        const detail::envelope& ev = event_->ev;
+        return {ev.projection(), ev.type(), ev.payload()};
+    }
+    [[nodiscard]] const key& projection() const noexcept { return event_->ev.projection(); }
+    /// The handler's `handler_options::name`.
+    [[nodiscard]] const std::string& handler() const noexcept { return handler_; }
+    /// Calls made, the last one included.
+    [[nodiscard]] std::uint32_t attempts() const noexcept { return attempts_; }
+    /// What the last call threw.
+    [[nodiscard]] const std::exception_ptr& error() const noexcept { return error_; }
+    /// Why the handler gave up: `errc::handler_failed` (its attempts ran out), `errc::closed`
+    /// (the store closed before its retry ran) or `errc::cancelled` (the handler was removed
+    /// before it).
+    [[nodiscard]] std::error_code reason() const noexcept { return reason_; }
+    [[nodiscard]] std::chrono::system_clock::time_point failed_at() const noexcept {
+        return failed_at_;
+    }
+    /// 1, 2, ... in the order the store's handlers gave up.
+    [[nodiscard]] std::uint64_t sequence() const noexcept { return sequence_; }
+
+  private:
+    friend class detail::dispatch_core;
+    template <overflow_policy>
+    friend class event_store;
+    dead_letter(detail::kept_ptr ev, std::string handler, std::uint32_t attempts,
+                std::exception_ptr error, std::error_code reason, std::uint64_t sequence,
+                const void* origin) noexcept
+        : origin_(origin)
+        , event_(std::move(ev))
+        , handler_(std::move(handler))
+        , attempts_(attempts)
+        , error_(std::move(error))
+        , reason_(reason)
+        , failed_at_(std::chrono::system_clock::now())
+        , sequence_(sequence) {}
+
+    const void* origin_;  // the dispatch core of the store that keeps it
+    detail::kept_ptr event_;
+    std::string handler_;
+    std::uint32_t attempts_;
+    std::exception_ptr error_;
+    std::error_code reason_;
+    std::chrono::system_clock::time_point failed_at_;
+    std::uint64_t sequence_;
 };
 
 namespace detail {
@@ -2745,6 +2943,8 @@ using error_hook = std::function<void(const context&, const event&, std::excepti
 using failure_hook = std::function<void(const context&, const handler_failure&)>;
 /// Once per event that found no handler (a typo in a string key, a type nobody handles).
 using unhandled_hook = std::function<void(const context&, const event_view&)>;
+/// Once per dead letter, on the thread where the handler gave up (kept or not).
+using dead_letter_hook = std::function<void(const dead_letter&)>;
 
 inline result next_handler::operator()(const context& ctx, const event& ev) const {
     for (std::size_t i = index_; i < chain_->size(); ++i)
@@ -2767,6 +2967,7 @@ struct hook_set {
     hook_list<error_hook> error;
     hook_list<failure_hook> failure;
     hook_list<unhandled_hook> unhandled;
+    hook_list<dead_letter_hook> dead;  // not in empty(): they do not change how events run
 
     [[nodiscard]] bool empty() const noexcept {
         return chain.empty() && before.empty() && after.empty() && error.empty() &&
@@ -2806,6 +3007,7 @@ struct hook_state {
                     drop(s.error);
                     drop(s.failure);
                     drop(s.unhandled);
+                    drop(s.dead);
                 });
             } catch (...) {
                 // Out of memory for the copy: it stays, marked removed below.
@@ -2868,6 +3070,26 @@ struct batch_counts {
     std::uint64_t handled = 0;
     std::uint64_t errors = 0;
     std::uint64_t unhandled = 0;
+    std::uint64_t trigger_errors = 0;
+};
+
+/// A failed handler call, remembered until the event's other handlers have run; then it is
+/// retried or dead-lettered.
+struct failed_call {
+    std::shared_ptr<handler_entry> target;
+    std::exception_ptr error;
+    std::uint32_t attempts = 0;  // calls made, the failed one included
+};
+
+/// Handlers to call again with one kept event, waiting on the store's timer.
+struct retry_job {
+    kept_ptr event;
+    std::vector<failed_call> targets;
+    // ordered_by_key: the stripe of the event's key, held (its later events parked) until the
+    // retries are over, and the position its owner announced (no later than the parked events).
+    void* lane = nullptr;
+    std::uint64_t position = 0;
+    std::shared_ptr<retry_job> next;  // a worker pool's queue of due retries
 };
 
 /// Which events of a batch (of at most 64) belong to a transaction, and which of those had a
@@ -2937,6 +3159,13 @@ struct handler_view {
     // never be removed): only then may the copy be kept while idle, since keeping it can then
     // never prolong the life of a removed handler.
     bool permanent = false;
+    // The failed calls of the event being dispatched (empty but for a moment after a failure).
+    std::vector<failed_call> failures;
+    // ordered_by_key: the stripe of the event being dispatched, and whether a retry now holds
+    // it (its owner must then not let it go).
+    void* lane = nullptr;
+    std::uint64_t lane_position = 0;
+    bool lane_kept = false;
 
     [[nodiscard]] const handler_list* handlers_of(const envelope& env) noexcept {
         const void* type = env.type();
@@ -3031,16 +3260,21 @@ class dispatch_core {
                 // Handlers removed since the table was read are skipped: if that leaves none,
                 // the event is unhandled.
                 const handler_view::handler_list* handlers = view.handlers_of(env);
-                if (handlers != nullptr && call_plain(*handlers, env, counts, pin))
+                const std::uint64_t failed_before = counts.errors;
+                if (handlers != nullptr && call_plain(*handlers, env, counts, pin, &view))
                     ++counts.handled;
                 else
                     ++counts.unhandled;
+                if (counts.errors != failed_before) [[unlikely]]
+                    settle(&env, nullptr, view);
                 continue;
             }
             const std::uint64_t errors_before = counts.errors;
             const envelope& content = env.content();
             dispatch(event_view(content.projection(), content.type(), content.payload()), view,
-                     counts, pin, handler_ctx_);
+                     counts, pin, handler_ctx_, 1);
+            if (!view.failures.empty())
+                settle(&env, nullptr, view);
             if (env.in_transaction()) {
                 done.any = true;
                 if (counts.errors != errors_before)
@@ -3051,10 +3285,100 @@ class dispatch_core {
     }
 
     /// Runs the handlers of one event now, on the caller, with `ctx` as their context.
+    /// Failed calls are counted in `trigger_errors` (the caller is told), never retried.
     void run_now(const event_view& ev, handler_view& view, batch_counts& counts,
                  const context& ctx) {
         const pin_guard pin(pins());
-        dispatch(ev, view, counts, pin, ctx);
+        const std::uint64_t errors_before = counts.errors;
+        dispatch(ev, view, counts, pin, ctx, 0);
+        counts.trigger_errors += counts.errors - errors_before;
+    }
+
+    /// Calls again the handlers of a due retry, with hooks, on the calling thread (its own
+    /// context); a handler removed meanwhile is dead-lettered instead. What fails again is
+    /// retried later or dead-lettered.
+    void run_retry(retry_job& job, handler_view& view, batch_counts& counts) {
+        const pin_guard pin(pins());
+        const envelope& kept = job.event->ev;
+        const event_view ev(kept.projection(), kept.type(), kept.payload());
+        const hook_set& hooks = *view.hooks;
+        std::optional<event> stand_in;  // what hooks see of a typed event: its key
+        if (ev.is_typed())
+            stand_in.emplace(event{.id = {}, .projection = ev.projection(), .args = {}});
+        const event& as_event = ev.is_typed() ? *stand_in : *ev.dynamic();
+        view.lane = job.lane;
+        view.lane_position = job.position;
+        for (failed_call& call : job.targets) {
+            if (!pin.enter(*call.target)) {
+                bury(job.event, std::move(call), errc::cancelled, hooks);
+                continue;
+            }
+            retried_.fetch_add(1, std::memory_order_relaxed);
+            run_one(call.target, ev, as_event, hooks, counts, handler_ctx_, view,
+                    call.attempts + 1);
+        }
+        if (!view.failures.empty())
+            settle(nullptr, &job.event, view);
+    }
+
+    /// The store's timer, for retries: `schedule(store, job, delay)` takes the job and returns
+    /// true, or returns false (closed, or no memory) and leaves the job to the caller.
+    using retry_scheduler = bool (*)(void* store, std::shared_ptr<retry_job>& job,
+                                     std::chrono::nanoseconds delay) noexcept;
+    void set_retries(retry_scheduler schedule, void* store, std::size_t letter_capacity) noexcept {
+        schedule_retry_ = schedule;
+        retry_store_ = store;
+        letter_capacity_ = letter_capacity;
+    }
+
+    /// Retries waiting or running: drain() waits until there are none.
+    [[nodiscard]] std::uint64_t retries_pending() const noexcept {
+        return retries_pending_.load(std::memory_order_seq_cst);
+    }
+    [[nodiscard]] event_count& retries_done() noexcept { return retries_done_; }
+    /// A job taken by schedule_retry is over (after its counts were added).
+    void retry_finished() noexcept {
+        // Seq_cst RMW, then notify: drain re-checks with a seq_cst load (eventcount).
+        retries_pending_.fetch_sub(1, std::memory_order_seq_cst);
+        retries_done_.notify_if_waiting();
+    }
+    /// A job that will never run (the store closed): every handler of it gives up.
+    void abandon(retry_job& job) noexcept {
+        const auto hooks = hooks_->set.read();
+        for (failed_call& call : job.targets)
+            bury(job.event, std::move(call), errc::closed, *hooks);
+        retry_finished();
+    }
+
+    [[nodiscard]] std::uint64_t retried() const noexcept {
+        return retried_.load(std::memory_order_relaxed);
+    }
+    [[nodiscard]] std::uint64_t dead_lettered() const noexcept {
+        return dead_lettered_.load(std::memory_order_relaxed);
+    }
+    [[nodiscard]] std::uint64_t dead_letters_dropped() const noexcept {
+        return letters_dropped_.load(std::memory_order_relaxed);
+    }
+    /// The kept dead letters, oldest first; `take` empties the queue.
+    std::vector<dead_letter> letters(bool take) const {
+        std::lock_guard lock(letters_mutex_);
+        std::vector<dead_letter> out(letters_.begin(), letters_.end());
+        if (take)
+            letters_.clear();
+        return out;
+    }
+    /// Takes the kept letter `sequence` out of the queue: true if it was there.
+    bool forget_letter(const dead_letter& letter) noexcept {
+        if (letter.origin_ != this)
+            return false;
+        const std::uint64_t sequence = letter.sequence();
+        std::lock_guard lock(letters_mutex_);
+        const auto found = std::ranges::find_if(
+            letters_, [&](const dead_letter& l) { return l.sequence() == sequence; });
+        if (found == letters_.end())
+            return false;
+        letters_.erase(found);
+        return true;
     }
 
     /// Tells the transactions of `batch` that their events were handled.
@@ -3068,8 +3392,9 @@ class dispatch_core {
   private:
     [[nodiscard]] pin_registry& pins() const noexcept { return dispatcher_.state_->pins; }
 
+    // `attempt` 0: trigger(), whose failed calls are its caller's, not retried.
     void dispatch(const event_view& ev, handler_view& view, batch_counts& counts,
-                  const pin_guard& pin, const context& ctx) {
+                  const pin_guard& pin, const context& ctx, std::uint32_t attempt) {
         const hook_set& hooks = *view.hooks;
         const handler_view::handler_list* handlers = view.handlers_of(ev.type_, ev.projection());
         // Handlers removed since the table was read are skipped: if that leaves none, the
@@ -3081,11 +3406,12 @@ class dispatch_core {
                 for (const auto& target : *handlers)
                     if (pin.enter(*target)) {
                         reached = true;
-                        run_one(*target, ev, *dynamic, hooks, counts, ctx);
+                        run_one(target, ev, *dynamic, hooks, counts, ctx, view, attempt);
                     }
             } else if (hooks.empty()) {
                 // A transaction's or trigger's typed event.
-                reached = call_plain(*handlers, ev.type_, ev.payload_, counts, pin, ctx);
+                reached = call_plain(*handlers, ev.type_, ev.payload_, counts, pin, ctx,
+                                     attempt != 0 ? &view : nullptr);
             } else {
                 // Hooks and middleware of the `event` forms see a stand-in for a typed event,
                 // with its key only (it allocates nothing).
@@ -3093,7 +3419,7 @@ class dispatch_core {
                 for (const auto& target : *handlers)
                     if (pin.enter(*target)) {
                         reached = true;
-                        run_one(*target, ev, stand_in, hooks, counts, ctx);
+                        run_one(target, ev, stand_in, hooks, counts, ctx, view, attempt);
                     }
             }
         }
@@ -3109,15 +3435,16 @@ class dispatch_core {
 
     // A typed event without hooks: straight to each handler; nobody wants the results.
     // Whether any handler was still there to call.
+    // `failures` (nullptr for trigger) receives the failed calls, as first attempts.
     EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
                                            const envelope& ev, batch_counts& counts,
-                                           const pin_guard& pin) {
-        return call_plain(handlers, ev.type(), ev.payload(), counts, pin, handler_ctx_);
+                                           const pin_guard& pin, handler_view* failures) {
+        return call_plain(handlers, ev.type(), ev.payload(), counts, pin, handler_ctx_, failures);
     }
-    EVENTBUS_ALWAYS_INLINE static bool call_plain(const handler_view::handler_list& handlers,
-                                                  const void* type, const void* payload,
-                                                  batch_counts& counts, const pin_guard& pin,
-                                                  const context& ctx) {
+    EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
+                                           const void* type, const void* payload,
+                                           batch_counts& counts, const pin_guard& pin,
+                                           const context& ctx, handler_view* failures) {
         const std::uint64_t before = counts.processed;
         for (const auto& target : handlers) {
             if (!pin.enter(*target))
@@ -3126,10 +3453,118 @@ class dispatch_core {
                 target->call(ctx, type, payload, nullptr);
             } catch (...) {
                 ++counts.errors;
+                if (failures != nullptr)
+                    note_failure(*failures, target, std::current_exception(), 1);
             }
             ++counts.processed;
         }
         return counts.processed != before;
+    }
+
+    // Remembers a failed call until the event's other handlers have run. With no memory to
+    // remember it, the handler gives up on the event at once (a dead letter not kept).
+    EVENTBUS_NOINLINE void note_failure(handler_view& view,
+                                        const std::shared_ptr<handler_entry>& target,
+                                        std::exception_ptr error, std::uint32_t attempts) noexcept {
+        try {
+            view.failures.push_back(failed_call{target, std::move(error), attempts});
+        } catch (...) {
+            const auto hooks = view.hooks;
+            bury(nullptr, failed_call{target, std::current_exception(), attempts},
+                 errc::handler_failed, hooks ? *hooks : hook_set{});
+        }
+    }
+
+    // After an event's handlers ran and some failed (view.failures): keeps the event (moved
+    // out of `env`, or `kept` already) and gives each failed call to a retry, if its handler
+    // has attempts left and the timer takes it, or to the dead letters. Never throws: what
+    // cannot be kept for want of memory is dead-lettered (counted) without its event.
+    EVENTBUS_NOINLINE void settle(envelope* env, const kept_ptr* kept,
+                                  handler_view& view) noexcept {
+        std::vector<failed_call> failed;
+        failed.swap(view.failures);
+        const hook_set& hooks = *view.hooks;
+        kept_ptr event;
+        try {
+            event = kept != nullptr ? *kept : env->keep();
+        } catch (...) {
+        }
+        std::shared_ptr<retry_job> job;
+        std::chrono::nanoseconds delay{0};
+        for (failed_call& call : failed) {
+            const retry_policy& policy = call.target->retry;
+            if (event && call.attempts < policy.max_attempts) {
+                try {
+                    if (!job)
+                        job = std::make_shared<retry_job>(
+                            retry_job{event, {}, view.lane, view.lane_position, nullptr});
+                    job->targets.push_back(std::move(call));
+                    delay = std::max(delay, policy.backoff.delay(call.attempts, jitter_draw()));
+                    continue;
+                } catch (...) {
+                }
+            }
+            bury(event, std::move(call), errc::handler_failed, hooks);
+        }
+        if (!job || job->targets.empty())
+            return;
+        retries_pending_.fetch_add(1, std::memory_order_seq_cst);
+        if (schedule_retry_ != nullptr && schedule_retry_(retry_store_, job, delay)) {
+            if (view.lane != nullptr)
+                view.lane_kept = true;
+            return;
+        }
+        for (failed_call& call : job->targets)
+            bury(event, std::move(call), errc::closed, hooks);
+        retry_finished();
+    }
+
+    // A handler gives up on an event: counted, shown to the dead letter hooks, and kept if
+    // there is room (the oldest kept letter goes when there is not).
+    void bury(const kept_ptr& event, failed_call&& call, std::error_code reason,
+              const hook_set& hooks) noexcept {
+        const std::uint64_t sequence = dead_lettered_.fetch_add(1, std::memory_order_relaxed) + 1;
+        if (!event) {
+            letters_dropped_.fetch_add(1, std::memory_order_relaxed);
+            return;
+        }
+        std::optional<dead_letter> letter;
+        try {
+            letter.emplace(dead_letter(event, call.target->name, call.attempts,
+                                       std::move(call.error), reason, sequence, this));
+        } catch (...) {
+            letters_dropped_.fetch_add(1, std::memory_order_relaxed);
+            return;
+        }
+        for (const auto& hook : hooks.dead)
+            if (hook->live())
+                call_hook([&] { hook->fn(*letter); });
+        bool kept = false;
+        if (letter_capacity_ != 0) {
+            std::lock_guard lock(letters_mutex_);
+            try {
+                if (letters_.size() == letter_capacity_) {
+                    letters_.pop_front();
+                    letters_dropped_.fetch_add(1, std::memory_order_relaxed);
+                }
+                letters_.push_back(std::move(*letter));
+                kept = true;
+            } catch (...) {
+            }
+        }
+        if (!kept)
+            letters_dropped_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    // A uniform draw in [0, 1) for backoff jitter: a per-thread xorshift, seeded from the
+    // thread's address.
+    static double jitter_draw() noexcept {
+        thread_local std::uint64_t state =
+            reinterpret_cast<std::uintptr_t>(&state) * 0x9E3779B97F4A7C15ull | 1;
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        return static_cast<double>(state >> 11) * 0x1.0p-53;
     }
 
     // After, error and unhandled hooks: what they throw is caught and discarded.
@@ -3141,9 +3576,12 @@ class dispatch_core {
         }
     }
 
-    // One handler call with its hooks; exceptions are counted and reported, never thrown.
-    void run_one(const handler_entry& target, const event_view& view, const event& ev,
-                 const hook_set& hooks, batch_counts& counts, const context& ctx) {
+    // One handler call with its hooks; exceptions are counted and reported, never thrown, and
+    // the failed call is remembered in `failures` (unless `attempt` is 0: trigger).
+    void run_one(const std::shared_ptr<handler_entry>& entry, const event_view& view,
+                 const event& ev, const hook_set& hooks, batch_counts& counts, const context& ctx,
+                 handler_view& failures, std::uint32_t attempt) {
+        const handler_entry& target = *entry;
         result outcome;
         std::exception_ptr error;
         try {
@@ -3169,12 +3607,16 @@ class dispatch_core {
         for (const auto& hook : hooks.error)
             if (hook->live())
                 call_hook([&] { hook->fn(ctx, ev, error); });
-        if (hooks.failure.empty())
-            return;
-        const handler_failure failure{view, target.name, error};
-        for (const auto& hook : hooks.failure)
-            if (hook->live())
-                call_hook([&] { hook->fn(ctx, failure); });
+        if (!hooks.failure.empty()) {
+            const handler_failure failure{view, target.name, error,
+                                          std::max<std::uint32_t>(attempt, 1),
+                                          target.retry.max_attempts};
+            for (const auto& hook : hooks.failure)
+                if (hook->live())
+                    call_hook([&] { hook->fn(ctx, failure); });
+        }
+        if (attempt != 0)
+            note_failure(failures, entry, std::move(error), attempt);
     }
 
     // The store's handle on the state it shares with the user's dispatcher (mutable: a const
@@ -3183,6 +3625,17 @@ class dispatch_core {
     std::shared_ptr<hook_state> hooks_;
     std::stop_source stop_;  // handlers' context: stopped by a close() whose context ended
     context handler_ctx_;
+    // Retries and dead letters (the failure path only).
+    retry_scheduler schedule_retry_ = nullptr;
+    void* retry_store_ = nullptr;
+    std::atomic<std::uint64_t> retries_pending_{0};
+    event_count retries_done_;
+    std::atomic<std::uint64_t> retried_{0};
+    std::atomic<std::uint64_t> dead_lettered_{0};
+    std::atomic<std::uint64_t> letters_dropped_{0};
+    std::size_t letter_capacity_ = 0;
+    mutable std::mutex letters_mutex_;
+    mutable std::deque<dead_letter> letters_;  // guarded by letters_mutex_
 };
 
 }  // namespace detail
@@ -3244,6 +3697,23 @@ class worker_pool {
                 return;
             }
         }
+    }
+
+    /// A retry that is due (from the timer thread): a worker runs it, before new events.
+    /// Allocates nothing.
+    void add_retry(std::shared_ptr<retry_job> job) noexcept {
+        {
+            std::lock_guard lock(retry_mutex_);
+            retry_job* raw = job.get();
+            if (retry_tail_ == nullptr)
+                retry_head_ = std::move(job);
+            else
+                retry_tail_->next = std::move(job);
+            retry_tail_ = raw;
+        }
+        // Seq_cst RMW, then the waiters' load: the eventcount's notifier step.
+        retries_ready_.fetch_add(1, std::memory_order_seq_cst);
+        work_.notify_one_if_waiting();
     }
 
     /// Waits until every event eligible now has been handled.
@@ -3392,9 +3862,50 @@ class worker_pool {
     // What take() found.
     enum class took {
         events,   // events in the batch
+        retry,    // a due retry
         nothing,  // no eligible event
         blocked,  // ordered mode: every parking place is taken; wait for an owner to free one
     };
+
+    // The oldest due retry, or none.
+    std::shared_ptr<retry_job> pop_retry() noexcept {
+        std::lock_guard lock(retry_mutex_);
+        std::shared_ptr<retry_job> job = std::move(retry_head_);
+        if (job) {
+            retry_head_ = std::move(job->next);
+            if (!retry_head_)
+                retry_tail_ = nullptr;
+            retries_ready_.fetch_sub(1, std::memory_order_relaxed);
+        }
+        return job;
+    }
+
+    // Workers exit once closing, with nothing left in the ring and no retry waiting or running
+    // (a retry still to come holds a key of ordered_by_key, or may fail and be given up).
+    [[nodiscard]] bool may_exit() const noexcept {
+        return closing_.load(std::memory_order_seq_cst) && core_.retries_pending() == 0;
+    }
+
+    // Runs a due retry. Ordered mode: the worker now owns the retried key's stripe, and, unless
+    // the retry is to be tried again later, goes on with the events parked there (returned in
+    // `batch`, `lane` their stripe).
+    void run_retry(worker_state& me, retry_job& job, handler_view& view, claimed_batch& batch,
+                   stripe*& lane) {
+        core_.refresh(view);
+        batch_counts counts;
+        core_.run_retry(job, view, counts);
+        me.add(counts);
+        lane = static_cast<stripe*>(job.lane);
+        const bool kept = std::exchange(view.lane_kept, false);
+        view.lane = nullptr;
+        if (lane != nullptr && !kept) {
+            if (std::optional<envelope> next = next_parked(*lane))
+                batch.put(std::move(*next));
+        }
+        core_.retry_finished();
+        if (closing_.load(std::memory_order_seq_cst))
+            work_.notify_all();  // the last retry lets sleeping workers exit
+    }
 
     void work(worker_state& me) {
         const dispatch_mark inside(store_);
@@ -3402,16 +3913,17 @@ class worker_pool {
         backoff idle;
         handler_view view;
         claimed_batch batch;
+        std::shared_ptr<retry_job> job;
         for (;;) {
             stripe* lane = nullptr;
-            took got = take(me, batch, lane);
-            if (got == took::nothing && closing_.load(std::memory_order_seq_cst)) {
+            took got = take(me, batch, lane, job);
+            if (got == took::nothing && may_exit()) {
                 // eligible_ already holds the closed ring's final tail: one more look.
-                got = take(me, batch, lane);
+                got = take(me, batch, lane, job);
                 if (got == took::nothing)
                     break;
             }
-            if (got != took::events) {
+            if (got == took::nothing || got == took::blocked) {
                 // Blocked: only an owner freeing a place ends it, and it wakes a sleeper.
                 if (got == took::nothing && !idle.is_completed()) {
                     idle.snooze();
@@ -3419,28 +3931,36 @@ class worker_pool {
                 }
                 view.release();  // keep no table copy while asleep
                 const std::uint32_t key = work_.prepare_wait();
-                got = take(me, batch, lane);
-                // Blocked: an owner frees a place and wakes the sleepers, closing or not.
-                if (got == took::blocked ||
-                    (got == took::nothing && !closing_.load(std::memory_order_seq_cst)))
+                got = take(me, batch, lane, job);
+                // Blocked: an owner frees a place and wakes the sleepers, closing or not; a
+                // due retry, and the end of the last one while closing, wake them too.
+                if (got == took::blocked || (got == took::nothing && !may_exit()))
                     (void)work_.wait(key, never);
                 work_.finish_wait();
-                if (got != took::events)
+                if (got == took::nothing || got == took::blocked)
                     continue;
             }
             idle = backoff{};
-            do {
+            if (got == took::retry) {
+                run_retry(me, *job, view, batch, lane);
+                job.reset();
+            }
+            while (!batch.events().empty()) {
                 core_.refresh(view);
+                view.lane = lane;
+                view.lane_position = me.position.load(std::memory_order_relaxed);
                 batch_counts counts;
                 const completions done = core_.run(batch.events(), view, counts);
                 me.add(counts);
                 dispatch_core::complete(batch.events(), done);
                 batch.clear();  // the events die before drain() can see them finished
-                if (lane != nullptr) {
+                view.lane = nullptr;
+                // Ordered mode: a retry now holds the stripe; its later events stay parked.
+                if (lane != nullptr && !std::exchange(view.lane_kept, false)) {
                     if (std::optional<envelope> next = next_parked(*lane))
                         batch.put(std::move(*next));
                 }
-            } while (!batch.events().empty());
+            }
             release_taking(me);
         }
         view.release();
@@ -3466,9 +3986,19 @@ class worker_pool {
     // Claims the next eligible events into `batch`, announcing first a lower bound of their
     // positions. Ordered mode: one event, `lane` its stripe, now owned by this worker; an event
     // whose stripe another worker owns is parked there (the owner's announcement covers it).
-    took take(worker_state& me, claimed_batch& batch, stripe*& lane) {
+    // A due retry goes first: it announces the position its event's owner announced, so that
+    // drain() waits for the events parked behind it (ordered mode).
+    took take(worker_state& me, claimed_batch& batch, stripe*& lane,
+              std::shared_ptr<retry_job>& job) {
         for (;;) {
             me.position.store(ring_.consumed_mark(), std::memory_order_seq_cst);
+            if (retries_ready_.load(std::memory_order_seq_cst) != 0) {
+                if ((job = pop_retry())) {
+                    if (job->lane != nullptr)
+                        me.position.store(job->position, std::memory_order_seq_cst);
+                    return took::retry;
+                }
+            }
             if (!stripes_) {
                 // A fair share of what is eligible, so that a slow handler holds up as few
                 // events as possible while other workers idle; a full batch under load.
@@ -3555,6 +4085,11 @@ class worker_pool {
     std::mutex pop_mutex_;               // ordered_by_key only
     std::unique_ptr<stripe[]> stripes_;  // ordered_by_key only
     parking_lot lot_;                    // ordered_by_key only, guarded by pop_mutex_
+    // Due retries, oldest first, linked through retry_job::next (pushing never allocates).
+    std::mutex retry_mutex_;
+    std::shared_ptr<retry_job> retry_head_;  // guarded by retry_mutex_
+    retry_job* retry_tail_ = nullptr;        // guarded by retry_mutex_
+    std::atomic<std::size_t> retries_ready_{0};
     std::vector<std::thread> threads_;
 };
 
@@ -3570,10 +4105,13 @@ struct timer_entry {
 
     timer_entry(const context& c, context::clock::time_point when, envelope&& e) noexcept
         : ctx(c), due(when), ev(std::move(e)) {}
+    timer_entry(context::clock::time_point when, std::shared_ptr<retry_job> job) noexcept
+        : due(when), retry(std::move(job)) {}
 
     context ctx;
     context::clock::time_point due;
     envelope ev;                                // taken by the timer thread when due
+    std::shared_ptr<retry_job> retry;           // instead of `ev`: handlers to call again
     std::atomic<state> status{state::pending};  // changed under the queue's mutex
 };
 
@@ -3686,12 +4224,7 @@ class timer_service {
         std::lock_guard lock(q.mutex);
         if (q.stopping)
             return timer_handle(errc::closed);
-        if (!thread_.joinable()) {
-            // The thread cannot finish before we let go of q.mutex: marking it running after it
-            // started leaves nothing to wait for if starting it throws.
-            thread_ = std::thread([this] { run(); });
-            running_.store(true, std::memory_order_seq_cst);
-        }
+        start_locked();
         const bool earliest = q.pending.empty() || entry->due < q.pending.begin()->first;
         q.pending.emplace(entry->due, entry);
         q.scheduled.fetch_add(1, std::memory_order_relaxed);
@@ -3700,18 +4233,37 @@ class timer_service {
         return timer_handle(queue_, std::move(entry));
     }
 
-    /// close(): cancels what is still pending; the thread then exits.
-    void stop() {
+    /// A retry, due at `entry->due` (no handle, not counted as scheduled).
+    void add_retry(std::shared_ptr<timer_entry> entry) {
+        timer_queue& q = *queue_;
+        std::lock_guard lock(q.mutex);
+        if (q.stopping)
+            throw std::system_error(make_error_code(errc::closed));
+        start_locked();
+        const bool earliest = q.pending.empty() || entry->due < q.pending.begin()->first;
+        q.pending.emplace(entry->due, std::move(entry));
+        if (earliest)
+            q.wake.notify_one();
+    }
+
+    /// close(): cancels what is still pending; the thread then exits. Returns the retries that
+    /// were waiting (to be given up by the caller, outside the store's locks).
+    timer_queue::entries stop() {
         timer_queue::entries cancelled;
         {
             std::lock_guard lock(queue_->mutex);
             queue_->stopping = true;
             cancelled.swap(queue_->pending);
-            for (auto& [when, entry] : cancelled)
+            std::size_t events = 0;
+            for (auto& [when, entry] : cancelled) {
                 entry->status.store(timer_entry::state::cancelled, std::memory_order_release);
-            queue_->cancelled.fetch_add(cancelled.size(), std::memory_order_relaxed);
+                if (!entry->retry)
+                    ++events;
+            }
+            queue_->cancelled.fetch_add(events, std::memory_order_relaxed);
         }
         queue_->wake.notify_all();
+        return cancelled;
     }
 
     /// After stop(): waits until the thread has finished its last batch (counters final).
@@ -3727,8 +4279,18 @@ class timer_service {
     }
 
   private:
+    // Under the queue's mutex: starts the thread if it is not running (std::system_error).
+    void start_locked() {
+        if (!thread_.joinable()) {
+            // The thread cannot finish before we let go of q.mutex: marking it running after it
+            // started leaves nothing to wait for if starting it throws.
+            thread_ = std::thread([this] { run(); });
+            running_.store(true, std::memory_order_seq_cst);
+        }
+    }
+
     // Sleeps until the earliest due time (or a new earlier one, or stop), then takes every due
-    // entry out and enqueues it outside the mutex.
+    // entry out and enqueues it outside the mutex (a retry is run, or given to the workers).
     void run() {
         timer_queue& q = *queue_;
         std::vector<std::shared_ptr<timer_entry>> due;
@@ -3769,7 +4331,9 @@ class timer_service {
                 due_alone(*alone, q);
             bool enqueued = false;
             for (const auto& entry : due) {
-                if (store_.enqueue_due(entry->ctx, std::move(entry->ev)))
+                if (entry->retry)
+                    store_.run_due_retry(std::move(entry->retry));
+                else if (store_.enqueue_due(entry->ctx, std::move(entry->ev)))
                     q.cancelled.fetch_add(1, std::memory_order_relaxed);
                 else
                     enqueued = true;
@@ -3788,7 +4352,9 @@ class timer_service {
 
     // A due entry that found no place in the batch (out of memory): enqueued on its own.
     void due_alone(timer_entry& entry, timer_queue& q) {
-        if (store_.enqueue_due(entry.ctx, std::move(entry.ev)))
+        if (entry.retry)
+            store_.run_due_retry(std::move(entry.retry));
+        else if (store_.enqueue_due(entry.ctx, std::move(entry.ev)))
             q.cancelled.fetch_add(1, std::memory_order_relaxed);
         else
             store_.publish();
@@ -3825,6 +4391,7 @@ class event_store {
         : ring_(capacity, ring_options{.single_producer = options.single_producer})
         , core_(handlers)
         , options_(options) {
+        core_.set_retries(&schedule_retry, this, options_.dead_letter_capacity);
         if (!options_.async)
             return;
         if (options_.workers == 0)
@@ -3898,9 +4465,20 @@ class event_store {
         if (detail::inside_dispatch_of(this))
             return errc::would_deadlock;
         publish();
-        if (pool_)
-            return pool_->drain(ctx);
-        return wait_idle(ctx);
+        // Retries of what was handled are waited for too (handled again or given up); an event
+        // handled meanwhile may fail and start one, so the two waits repeat until none is left.
+        for (;;) {
+            if (const std::error_code error = pool_ ? pool_->drain(ctx) : wait_idle(ctx))
+                return error;
+            if (core_.retries_pending() == 0)
+                return {};
+            if (const std::error_code error =
+                    detail::retry_or_wait(core_.retries_done(), ctx, [&]() noexcept {
+                        return core_.retries_pending() == 0 ? detail::attempt::ok
+                                                            : detail::attempt::busy;
+                    }))
+                return error;
+        }
     }
 
     /// Runs the handlers of `ev` now, on the calling thread, without the ring ("immediate
@@ -3971,6 +4549,7 @@ class event_store {
         core_.run_now(ev, view, counts, ctx);
         const bool failed = counts.errors != 0;
         add(counts, scope.leased(), 1);
+        add_failures(counts);
         if (scope.leased() && !view.permanent)
             view.release_table();
         return failed ? std::error_code(errc::handler_failed) : std::error_code();
@@ -4085,6 +4664,10 @@ class event_store {
                       leased_unhandled_.load(std::memory_order_relaxed);
         m.triggered = triggered_.load(std::memory_order_relaxed) +
                       leased_triggered_.load(std::memory_order_relaxed);
+        m.trigger_errors = trigger_errors_.load(std::memory_order_relaxed);
+        m.retried = core_.retried();
+        m.dead_lettered = core_.dead_lettered();
+        m.dead_letters_dropped = core_.dead_letters_dropped();
         if (pool_) {
             const detail::batch_counts workers = pool_->counts();
             m.processed += workers.processed;
@@ -4129,6 +4712,32 @@ class event_store {
     /// it are caught and discarded.
     registration on_unhandled(unhandled_hook h) {
         return core_.add_hook(&detail::hook_set::unhandled, std::move(h));
+    }
+    /// Once per dead letter (kept or not), on the thread where its handler gave up: a worker,
+    /// the timer thread, the publisher, or close(). Exceptions from it are caught and
+    /// discarded. It must not wait for the store (drain, close).
+    registration on_dead_letter(dead_letter_hook h) {
+        return core_.add_hook(&detail::hook_set::dead, std::move(h));
+    }
+
+    // dead letters ----------------------------------------------------------------------------
+
+    /// The dead letters kept (at most `store_options::dead_letter_capacity`), oldest first.
+    /// Thread-safe; takes a mutex briefly; allocates the vector (std::bad_alloc).
+    [[nodiscard]] std::vector<dead_letter> dead_letters() const { return core_.letters(false); }
+    /// The same, taking them out of the store.
+    [[nodiscard]] std::vector<dead_letter> take_dead_letters() { return core_.letters(true); }
+
+    /// Subscribes a dead letter's event again, to all the handlers of its key, under the
+    /// store's policy (errors as `subscribe`; it counts in `published`); a letter kept by this
+    /// store is then no longer kept. The event is shared with the letter, never copied, and
+    /// may be replayed any number of times, also into another store of the same dispatcher.
+    /// Thread-safe, also from a handler; allocates nothing for the event.
+    [[nodiscard]] std::error_code replay(const context& ctx, const dead_letter& letter) {
+        const std::error_code error = enqueue(ctx, detail::envelope(letter.event_));
+        if (!error)
+            (void)core_.forget_letter(letter);
+        return error;
     }
 
     [[nodiscard]] std::size_t capacity() const noexcept { return ring_.capacity(); }
@@ -4232,6 +4841,12 @@ class event_store {
             triggered_.fetch_add(triggered, std::memory_order_relaxed);
     }
 
+    // The failure path's own counter, whoever holds the lease.
+    void add_failures(const detail::batch_counts& counts) noexcept {
+        if (counts.trigger_errors)
+            trigger_errors_.fetch_add(counts.trigger_errors, std::memory_order_relaxed);
+    }
+
     void shut_down() noexcept {
         if (!pool_) {
             (void)close(context{});
@@ -4304,12 +4919,66 @@ class event_store {
         return error;
     }
 
-    // close(): cancels what is still pending; the timer thread then exits.
+    // close(): cancels what is still pending; the timer thread then exits. Retries still
+    // waiting are given up (dead letters), outside the store's locks.
     void stop_timers() {
-        std::lock_guard lock(timers_mutex_);
-        timers_stopped_ = true;
-        if (timers_)
-            timers_->stop();
+        detail::timer_queue::entries cancelled;
+        {
+            std::lock_guard lock(timers_mutex_);
+            timers_stopped_ = true;
+            if (timers_)
+                cancelled = timers_->stop();
+        }
+        for (auto& [when, entry] : cancelled)
+            if (entry->retry)
+                core_.abandon(*entry->retry);
+    }
+
+    // The dispatch core's retry scheduler: the job waits on the timer thread. False (the job
+    // stays the caller's) when the store is closing, or the timer cannot be set for want of
+    // memory or of a thread.
+    static bool schedule_retry(void* self, std::shared_ptr<detail::retry_job>& job,
+                               std::chrono::nanoseconds delay) noexcept {
+        auto& store = *static_cast<event_store*>(self);
+        try {
+            const auto now = context::clock::now();
+            const auto due = delay >= context::clock::time_point::max() - now
+                                 ? context::clock::time_point::max()
+                                 : now + std::chrono::ceil<context::clock::duration>(delay);
+            auto entry = std::make_shared<detail::timer_entry>(due, job);
+            std::lock_guard lock(store.timers_mutex_);
+            if (store.timers_stopped_)
+                return false;
+            if (!store.timers_) {
+                store.timers_ = std::make_unique<detail::timer_service<event_store>>(store);
+                store.timers_ready_.store(store.timers_.get(), std::memory_order_release);
+            }
+            store.timers_->add_retry(std::move(entry));
+            job.reset();
+            return true;
+        } catch (...) {
+            return false;
+        }
+    }
+
+    // The timer thread, for a due retry: the workers run it (async), or this thread (sync).
+    void run_due_retry(std::shared_ptr<detail::retry_job> job) noexcept {
+        if (pool_) {
+            pool_->add_retry(std::move(job));
+            return;
+        }
+        const dispatch_scope scope(*this);
+        detail::handler_view own;
+        core_.refresh(own);
+        detail::batch_counts counts;
+        try {
+            core_.run_retry(*job, own, counts);
+        } catch (...) {
+            // run_retry reports every failure itself; nothing else throws
+        }
+        add(counts, false);
+        job.reset();  // the event may die here, outside any lock
+        core_.retry_finished();
     }
 
     // close(), after stop_timers() and closing the ring: waits until the timer thread has
@@ -4341,6 +5010,7 @@ class event_store {
     std::atomic<std::uint64_t> errors_{0};
     std::atomic<std::uint64_t> unhandled_{0};
     std::atomic<std::uint64_t> triggered_{0};
+    std::atomic<std::uint64_t> trigger_errors_{0};
     // Sync: the lease holder's copies of the table and hooks, kept between publishes, and its
     // counters (added to the shared ones by metrics()).
     alignas(cache_line_size) detail::handler_view view_;
