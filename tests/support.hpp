@@ -306,7 +306,11 @@ template <class Metrics>
 bool reconciles(const Metrics& m) {
     return m.published + m.triggered == m.handled + m.unhandled + m.dropped &&
            m.processed >= m.handled && m.errors <= m.processed && m.cancelled <= m.scheduled &&
-           m.scheduled - m.cancelled <= m.published;
+           m.scheduled - m.cancelled <= m.published &&
+           // Every failed call of an event from the ring was retried or given up on (a dead
+           // letter); trigger()'s caller is told of its own.
+           m.errors == m.retried + m.dead_lettered + m.trigger_errors &&
+           m.dead_letters_dropped <= m.dead_lettered;
 }
 
 /// Every counter, for the message of a failed check.
@@ -317,7 +321,10 @@ std::string describe(const Metrics& m) {
          << m.published + m.triggered << "; handled " << m.handled << " + unhandled " << m.unhandled
          << " + dropped " << m.dropped << " = " << m.handled + m.unhandled + m.dropped
          << "; processed " << m.processed << ", errors " << m.errors << ", scheduled "
-         << m.scheduled << ", cancelled " << m.cancelled;
+         << m.scheduled << ", cancelled " << m.cancelled << "; retried " << m.retried
+         << " + dead_lettered " << m.dead_lettered << " + trigger_errors " << m.trigger_errors
+         << " = " << m.retried + m.dead_lettered + m.trigger_errors << " (errors)"
+         << ", dead_letters_dropped " << m.dead_letters_dropped;
     return text.str();
 }
 

@@ -3484,9 +3484,18 @@ class dispatch_core {
         std::vector<failed_call> failed;
         failed.swap(view.failures);
         const hook_set& hooks = *view.hooks;
+        // The event is kept only when something will use it: a retry, a kept dead letter or a
+        // dead letter hook.
+        const bool wanted = letter_capacity_ != 0 || !hooks.dead.empty() ||
+                            std::ranges::any_of(failed, [](const failed_call& call) {
+                                return call.attempts < call.target->retry.max_attempts;
+                            });
         kept_ptr event;
         try {
-            event = kept != nullptr ? *kept : env->keep();
+            if (kept != nullptr)
+                event = *kept;
+            else if (wanted)
+                event = env->keep();
         } catch (...) {
         }
         std::shared_ptr<retry_job> job;
