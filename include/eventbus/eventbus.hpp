@@ -41,7 +41,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <exception>
 #include <functional>
 #include <initializer_list>
@@ -2879,7 +2878,7 @@ class dead_letter {
         , failed_at_(std::chrono::system_clock::now())
         , sequence_(sequence) {}
 
-    const void* origin_;  // the dispatch core of the store that keeps it
+    const void* origin_;  // the dispatch core of the store that kept it (not owned)
     detail::kept_ptr event_;
     std::string handler_;
     std::uint32_t attempts_;
@@ -3362,6 +3361,7 @@ class dispatch_core {
     /// The kept dead letters, oldest first; `take` empties the queue.
     std::vector<dead_letter> letters(bool take) const {
         std::lock_guard lock(letters_mutex_);
+        oldest_first_locked();
         std::vector<dead_letter> out(letters_.begin(), letters_.end());
         if (take)
             letters_.clear();
@@ -3373,6 +3373,7 @@ class dispatch_core {
             return false;
         const std::uint64_t sequence = letter.sequence();
         std::lock_guard lock(letters_mutex_);
+        oldest_first_locked();
         const auto found = std::ranges::find_if(
             letters_, [&](const dead_letter& l) { return l.sequence() == sequence; });
         if (found == letters_.end())
@@ -3551,14 +3552,18 @@ class dispatch_core {
         bool kept = false;
         if (letter_capacity_ != 0) {
             std::lock_guard lock(letters_mutex_);
-            try {
-                if (letters_.size() == letter_capacity_) {
-                    letters_.pop_front();
-                    letters_dropped_.fetch_add(1, std::memory_order_relaxed);
-                }
-                letters_.push_back(std::move(*letter));
+            if (letters_.size() == letter_capacity_) {
+                // Full: the oldest goes, its place takes the newest.
+                letters_[letters_oldest_] = std::move(*letter);
+                letters_oldest_ = (letters_oldest_ + 1) % letter_capacity_;
+                letters_dropped_.fetch_add(1, std::memory_order_relaxed);
                 kept = true;
-            } catch (...) {
+            } else {
+                try {
+                    letters_.push_back(std::move(*letter));
+                    kept = true;
+                } catch (...) {
+                }
             }
         }
         if (!kept)
@@ -3643,8 +3648,18 @@ class dispatch_core {
     std::atomic<std::uint64_t> dead_lettered_{0};
     std::atomic<std::uint64_t> letters_dropped_{0};
     std::size_t letter_capacity_ = 0;
+    // The kept letters, a circular buffer of at most letter_capacity_ once full (allocated by
+    // the first letter), the oldest at letters_oldest_; guarded by letters_mutex_.
     mutable std::mutex letters_mutex_;
-    mutable std::deque<dead_letter> letters_;  // guarded by letters_mutex_
+    mutable std::vector<dead_letter> letters_;
+    mutable std::size_t letters_oldest_ = 0;
+
+    void oldest_first_locked() const noexcept {
+        std::rotate(letters_.begin(),
+                    letters_.begin() + static_cast<std::ptrdiff_t>(letters_oldest_),
+                    letters_.end());
+        letters_oldest_ = 0;
+    }
 };
 
 }  // namespace detail
