@@ -1714,6 +1714,10 @@ class envelope {
     [[nodiscard]] bool in_transaction() const noexcept {
         return ops_ != nullptr && ops_->transaction;
     }
+    /// A dynamic event of its own (not a transaction's or a kept one).
+    [[nodiscard]] bool is_dynamic() const noexcept { return ops_ == &ops_for<event>; }
+    /// The payload, to be moved out and back by a batch handler's gather and scatter.
+    [[nodiscard]] void* mutable_payload() noexcept { return const_cast<void*>(payload()); }
     /// After the event's handlers ran: tells its transaction, if any.
     void complete(bool failed_call) noexcept;
 
@@ -2010,7 +2014,7 @@ class snapshot {
 
 /// A handler as the dispatcher stores it: the user's callable behind one indirect call.
 struct handler_fn {
-    // `payload` is the event's args (`type` nullptr) or its typed payload (`type` its tag).
+    // `payload` is the dynamic `event` (`type` nullptr) or the typed payload (`type` its tag).
     // `out` receives the result, or is nullptr when nobody wants it (no after hook).
     using invoke_type = void (*)(void* fn, const context& ctx, const void* type,
                                  const void* payload, result* out);
@@ -2052,9 +2056,30 @@ struct registered {
 
 struct dispatcher_state;
 
+/// What a batch handler adds to a handler: how to call it with a run of events laid out one
+/// after the other, and how to move their payloads there and back. (Its `handler_fn` calls it
+/// with a run of one, in place, where no run is formed.)
+struct batch_fn {
+    // `first` points at `n` payloads (T, or event for a dynamic batch handler).
+    using invoke_type = void (*)(void* fn, const context& ctx, const void* first, std::size_t n);
+    invoke_type invoke = nullptr;  // nullptr: not a batch handler
+    void (*gather)(std::span<envelope> events, std::byte* to) noexcept = nullptr;
+    void (*scatter)(std::byte* from, std::span<envelope> events) noexcept = nullptr;
+    std::size_t size = 0;       // of one payload
+    std::size_t max_batch = 0;  // events per call, at most
+};
+
+/// A run of events for batch handlers is laid out in a buffer of this many bytes on the
+/// dispatching thread's stack; at most 64 events (a claimed batch).
+inline constexpr std::size_t run_buffer_size = 8192;
+template <class U>
+inline constexpr std::size_t run_capacity =
+    std::min<std::size_t>(64, std::max<std::size_t>(1, run_buffer_size / sizeof(U)));
+
 /// One registered handler.
 struct handler_entry final : registered {
     handler_fn call;
+    batch_fn batch;
     key projection = key("");
     std::string name;  // handler_options::name, for error hooks
     int priority = 0;  // handler_options::priority
@@ -2458,7 +2483,7 @@ class handler {
         if (type != nullptr)
             detail::throw_payload_mismatch("args");
         F& f = *static_cast<F*>(fn);
-        const args& a = *static_cast<const args*>(payload);
+        const args& a = static_cast<const event*>(payload)->args;
         if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const args&>>)
             f(ctx, a);
         else
@@ -2661,9 +2686,118 @@ class dispatcher {
             throw std::invalid_argument("eventbus: a typed handler registered under key '" +
                                         std::string(projection.name()) +
                                         "', which is not its event type (use on<T>(fn))");
+        return add(std::move(projection), std::move(fn.call_), {}, std::move(options));
+    }
+
+    /// Adds a batch handler of typed events of type T: `fn(const context&, std::span<const T>)`
+    /// or `fn(std::span<const T>)`, returning void or result. It receives runs of consecutive
+    /// events of type T from one batch that a store claimed, in FIFO order, at most
+    /// `max_batch` (1 to 64) per call, laid out one after the other: their payloads are moved
+    /// next to each other on the dispatching thread's stack and back, so T must be nothrow
+    /// movable, and a run allocates nothing. Where no run is formed (ordered_by_key, trigger,
+    /// transactions, replays, a batch of one) it receives one event. Handlers of T registered
+    /// with `on<T>` see the same events, in priority order. A call counts once per event in
+    /// `processed`, and in `errors` if it throws; a call that throws makes every event of its
+    /// run a dead letter of the handler (batch handlers are not retried:
+    /// `options.retry.max_attempts` must be 1). Thread-safe; allocates.
+    /// `std::invalid_argument` for a `max_batch` outside 1 to 64.
+    template <class T, class F>
+    registration on_batch(F fn, handler_options options = {}, std::size_t max_batch = 64) {
+        using U = std::remove_cvref_t<T>;
+        static_assert(
+            sizeof(U) <= detail::run_buffer_size && alignof(U) <= alignof(std::max_align_t),
+            "eventbus: a batch handler's event type must fit 8 KiB and need no more "
+            "than std::max_align_t's alignment");
+        static_assert(std::is_nothrow_move_constructible_v<U>,
+                      "eventbus: a batch handler's event type must be nothrow movable (its "
+                      "events are moved next to each other for the call)");
+        static_assert(std::invocable<F&, const context&, std::span<const U>> ||
+                          std::invocable<F&, std::span<const U>>,
+                      "eventbus: a batch handler of T takes (const eventbus::context&, "
+                      "std::span<const T>) or (std::span<const T>)");
+        return add_batch<U>(key::of<U>(), std::move(fn), std::move(options), max_batch);
+    }
+
+    /// Adds a batch handler of dynamic events under a string key:
+    /// `fn(const context&, std::span<const event>)`. As the typed form otherwise (a run is of
+    /// consecutive events of this key).
+    template <class F>
+    registration on_batch(std::string_view name, F fn, handler_options options = {},
+                          std::size_t max_batch = 64) {
+        static_assert(std::invocable<F&, const context&, std::span<const event>>,
+                      "eventbus: a batch handler of dynamic events takes (const "
+                      "eventbus::context&, std::span<const eventbus::event>)");
+        return add_batch<event>(key(std::string(name)), std::move(fn), std::move(options),
+                                max_batch);
+    }
+
+  private:
+    template <class U, class F>
+    static void call_batch(F& f, const context& ctx, const U* first, std::size_t n) {
+        const std::span<const U> events(first, n);
+        if constexpr (std::invocable<F&, const context&, std::span<const U>>)
+            (void)f(ctx, events);
+        else
+            (void)f(events);
+    }
+
+    template <class U, class F>
+    registration add_batch(key projection, F fn, handler_options options, std::size_t max_batch) {
+        detail::check_callable(fn);
+        if (max_batch == 0 || max_batch > detail::run_capacity<U>)
+            throw std::invalid_argument("eventbus: max_batch " + std::to_string(max_batch) +
+                                        " is not in 1 to " +
+                                        std::to_string(detail::run_capacity<U>));
+        if (options.retry.max_attempts != 1)
+            throw std::invalid_argument(
+                "eventbus: a batch handler is not retried (retry.max_attempts must be 1)");
+        detail::batch_fn batch;
+        batch.invoke = [](void* f, const context& ctx, const void* first, std::size_t n) {
+            call_batch<U>(*static_cast<F*>(f), ctx, static_cast<const U*>(first), n);
+        };
+        batch.gather = [](std::span<detail::envelope> events, std::byte* to) noexcept {
+            for (detail::envelope& e : events) {
+                U* from = std::launder(static_cast<U*>(e.mutable_payload()));
+                ::new (static_cast<void*>(to)) U(std::move(*from));
+                from->~U();
+                to += sizeof(U);
+            }
+        };
+        batch.scatter = [](std::byte* from, std::span<detail::envelope> events) noexcept {
+            for (detail::envelope& e : events) {
+                U* source = std::launder(reinterpret_cast<U*>(from));
+                ::new (e.mutable_payload()) U(std::move(*source));
+                source->~U();
+                from += sizeof(U);
+            }
+        };
+        batch.size = sizeof(U);
+        batch.max_batch = max_batch;
+        // Where no run is formed: a run of one, in place. A dynamic handler gets the args, so
+        // it takes them back to their event.
+        detail::handler_fn single{
+            [](void* f, const context& ctx, const void* type, const void* payload, result*) {
+                if constexpr (std::is_same_v<U, event>) {
+                    if (type != nullptr)
+                        detail::throw_payload_mismatch("args");
+                    call_batch<U>(*static_cast<F*>(f), ctx, static_cast<const event*>(payload), 1);
+                } else {
+                    if (type != &detail::type_tag<U>)
+                        detail::throw_payload_mismatch("a typed event");
+                    call_batch<U>(*static_cast<F*>(f), ctx,
+                                  std::launder(static_cast<const U*>(payload)), 1);
+                }
+            },
+            std::make_shared<F>(std::move(fn))};
+        return add(std::move(projection), std::move(single), batch, std::move(options));
+    }
+
+    registration add(key projection, detail::handler_fn call, detail::batch_fn batch,
+                     handler_options options) {
         detail::check_retry(options.retry);
         auto added = std::make_shared<detail::handler_entry>();
-        added->call = std::move(fn.call_);
+        added->call = std::move(call);
+        added->batch = batch;
         added->projection = projection;
         added->name = std::move(options.name);
         added->priority = options.priority;
@@ -2679,6 +2813,7 @@ class dispatcher {
         return registration(std::move(added));
     }
 
+  public:
     /// `on("name", fn)`: a handler of dynamic events under a string key. A handler of typed
     /// events here is a compile-time error (their key is their type: use on<T>(fn)).
     template <class S, class F>
@@ -2816,11 +2951,6 @@ class event_view {
     event_view(const key& projection, const void* type, const void* payload) noexcept
         : projection_(&projection), type_(type), payload_(payload) {}
 
-    // What the handler receives: a typed payload, or the args of a dynamic event.
-    [[nodiscard]] const void* handler_payload() const noexcept {
-        return type_ != nullptr ? payload_ : &static_cast<const event*>(payload_)->args;
-    }
-
     const key* projection_;
     const void* type_;     // the payload's type tag; nullptr for a dynamic event
     const void* payload_;  // the typed payload, or the `event`
@@ -2953,7 +3083,7 @@ inline result next_handler::operator()(const context& ctx, const event& ev) cons
     if (event_->is_typed())
         target_->call(ctx, event_->type_, event_->payload_, &out);
     else
-        target_->call(ctx, nullptr, &ev.args, &out);  // what the middleware passed on
+        target_->call(ctx, nullptr, &ev, &out);  // what the middleware passed on
     return out;
 }
 
@@ -3078,6 +3208,7 @@ struct failed_call {
     std::shared_ptr<handler_entry> target;
     std::exception_ptr error;
     std::uint32_t attempts = 0;  // calls made, the failed one included
+    std::size_t event = 0;       // in a run for batch handlers: which of its events
 };
 
 /// Handlers to call again with one kept event, waiting on the store's timer.
@@ -3165,6 +3296,10 @@ struct handler_view {
     void* lane = nullptr;
     std::uint64_t lane_position = 0;
     bool lane_kept = false;
+    // Whether the table has a batch handler; then runs of events are formed for it, and the
+    // event of the run being handled.
+    bool batching = false;
+    std::size_t run_event = 0;
 
     [[nodiscard]] const handler_list* handlers_of(const envelope& env) noexcept {
         const void* type = env.type();
@@ -3235,6 +3370,10 @@ class dispatch_core {
                     return e->removable() || e->removed.load(std::memory_order_acquire);
                 });
             });
+            view.batching = std::ranges::any_of(*view.handlers, [](const auto& by_key) {
+                return std::ranges::any_of(
+                    by_key.second, [](const auto& e) { return e->batch.invoke != nullptr; });
+            });
         }
         if (const auto v = hooks_->set.version(); !view.hooks || v != view.hooks_version) {
             view.hooks_version = v;
@@ -3253,6 +3392,13 @@ class dispatch_core {
         const bool plain = view.hooks->empty();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             envelope& env = batch[i];
+            if (view.batching) [[unlikely]] {
+                if (const std::size_t n = run_of(batch.subspan(i), view); n > 1) {
+                    dispatch_run(batch.subspan(i, n), view, counts, pin);
+                    i += n - 1;
+                    continue;
+                }
+            }
             if (plain && env.type() != nullptr) {
                 // The hot path, inline: a typed event (never a transaction's box, whose type is
                 // nullptr), no hooks, straight to the handlers; nobody wants their results.
@@ -3462,13 +3608,152 @@ class dispatch_core {
         return counts.processed != before;
     }
 
+    // Batch handlers: how many events from the start of `events` form a run for them (one or
+    // none: no run). A run is of consecutive events of the same type, or dynamic events of the
+    // same key, each in its own envelope, whose handlers include a batch handler; it is at most
+    // the smallest max_batch of them.
+    [[nodiscard]] static std::size_t run_of(std::span<envelope> events, handler_view& view) {
+        const envelope& first = events[0];
+        const void* type = first.type();
+        if (type == nullptr && !first.is_dynamic())
+            return 0;
+        const handler_view::handler_list* handlers =
+            type != nullptr ? view.handlers_of(first)
+                            : view.handlers_of(nullptr, first.projection());
+        if (handlers == nullptr)
+            return 0;
+        std::size_t most = 0;
+        for (const auto& e : *handlers)
+            if (e->batch.invoke != nullptr)
+                most = most == 0 ? e->batch.max_batch : std::min(most, e->batch.max_batch);
+        std::size_t n = 1;
+        while (n < std::min(most, events.size()) &&
+               (type != nullptr
+                    ? events[n].type() == type
+                    : events[n].is_dynamic() && events[n].projection() == first.projection()))
+            ++n;
+        return n;
+    }
+
+    // Handles a run (see run_of): its payloads are moved next to each other on this stack, each
+    // handler in priority order gets them (a batch handler in one call, the others one by one),
+    // and they go back to their envelopes, where failed calls find them to be retried or
+    // dead-lettered.
+    EVENTBUS_NOINLINE void dispatch_run(std::span<envelope> run, handler_view& view,
+                                        batch_counts& counts, const pin_guard& pin) {
+        const envelope& first = run[0];
+        const void* type = first.type();
+        const handler_view::handler_list& handlers =
+            type != nullptr ? *view.handlers_of(first)
+                            : *view.handlers_of(nullptr, first.projection());
+        const batch_fn* layout = nullptr;
+        for (const auto& e : handlers)
+            if (e->batch.invoke != nullptr && (layout == nullptr))
+                layout = &e->batch;
+        alignas(std::max_align_t) std::byte buffer[run_buffer_size];
+        layout->gather(run, buffer);
+        const std::size_t n = run.size();
+        const auto payload = [&](std::size_t k) -> const void* {
+            return buffer + k * layout->size;
+        };
+        const hook_set& hooks = *view.hooks;
+        std::optional<event> stand_in;  // what the hooks' event forms see of a typed event
+        if (type != nullptr && !hooks.empty())
+            stand_in.emplace(event{.id = {}, .projection = first.projection(), .args = {}});
+        const key& projection = type != nullptr ? first.projection()
+                                                : static_cast<const event*>(payload(0))->projection;
+        bool reached = false;
+        for (const auto& target : handlers) {
+            if (!pin.enter(*target))
+                continue;
+            reached = true;
+            if (target->batch.invoke != nullptr) {
+                std::exception_ptr error;
+                try {
+                    target->batch.invoke(target->call.fn.get(), handler_ctx_, buffer, n);
+                } catch (...) {
+                    error = std::current_exception();
+                }
+                counts.processed += n;
+                if (!error)
+                    continue;
+                counts.errors += n;
+                for (std::size_t k = 0; k < n; ++k) {
+                    const event_view ev(projection, type, payload(k));
+                    report_failure(*target, ev,
+                                   type != nullptr ? *stand_in_or(stand_in, projection)
+                                                   : *static_cast<const event*>(payload(k)),
+                                   hooks, error, handler_ctx_, 1);
+                    view.run_event = k;
+                    note_failure(view, target, error, 1);
+                }
+                continue;
+            }
+            for (std::size_t k = 0; k < n; ++k) {
+                view.run_event = k;
+                const event_view ev(projection, type, payload(k));
+                if (hooks.empty()) {
+                    try {
+                        target->call(handler_ctx_, type, payload(k), nullptr);
+                    } catch (...) {
+                        ++counts.errors;
+                        note_failure(view, target, std::current_exception(), 1);
+                    }
+                    ++counts.processed;
+                } else {
+                    run_one(target, ev,
+                            type != nullptr ? *stand_in : *static_cast<const event*>(payload(k)),
+                            hooks, counts, handler_ctx_, view, 1);
+                }
+            }
+        }
+        view.run_event = 0;
+        layout->scatter(buffer, run);
+        if (reached) {
+            counts.handled += n;
+        } else {
+            counts.unhandled += n;
+            for (envelope& env : run) {
+                const event_view ev(env.projection(), env.type(), env.payload());
+                for (const auto& hook : hooks.unhandled)
+                    if (hook->live())
+                        call_hook([&] { hook->fn(handler_ctx_, ev); });
+            }
+        }
+        if (view.failures.empty())
+            return;
+        // Each event settles its own failed calls.
+        std::vector<failed_call> failed;
+        failed.swap(view.failures);
+        for (std::size_t k = 0; k < n; ++k) {
+            for (failed_call& call : failed) {
+                if (call.event != k || !call.target)
+                    continue;
+                try {
+                    view.failures.push_back(std::move(call));
+                } catch (...) {
+                    bury(nullptr, std::move(call), errc::handler_failed, hooks);
+                }
+            }
+            if (!view.failures.empty())
+                settle(&run[k], nullptr, view);
+        }
+    }
+
+    static const event* stand_in_or(std::optional<event>& stand_in, const key& projection) {
+        if (!stand_in)
+            stand_in.emplace(event{.id = {}, .projection = projection, .args = {}});
+        return &*stand_in;
+    }
+
     // Remembers a failed call until the event's other handlers have run. With no memory to
     // remember it, the handler gives up on the event at once (a dead letter not kept).
     EVENTBUS_NOINLINE void note_failure(handler_view& view,
                                         const std::shared_ptr<handler_entry>& target,
                                         std::exception_ptr error, std::uint32_t attempts) noexcept {
         try {
-            view.failures.push_back(failed_call{target, std::move(error), attempts});
+            view.failures.push_back(
+                failed_call{target, std::move(error), attempts, view.run_event});
         } catch (...) {
             const auto hooks = view.hooks;
             bury(nullptr, failed_call{target, std::current_exception(), attempts},
@@ -3600,7 +3885,7 @@ class dispatch_core {
         std::exception_ptr error;
         try {
             if (hooks.empty()) {
-                target.call(ctx, view.type_, view.handler_payload(), nullptr);
+                target.call(ctx, view.type_, view.payload_, nullptr);
             } else {
                 for (const auto& hook : hooks.before)
                     if (hook->live())
@@ -3618,6 +3903,15 @@ class dispatch_core {
                 call_hook([&] { hook->fn(ctx, ev, outcome, error); });
         if (!error)
             return;
+        report_failure(target, view, ev, hooks, error, ctx, attempt);
+        if (attempt != 0)
+            note_failure(failures, entry, std::move(error), attempt);
+    }
+
+    // The error hooks, for a failed call.
+    static void report_failure(const handler_entry& target, const event_view& view, const event& ev,
+                               const hook_set& hooks, const std::exception_ptr& error,
+                               const context& ctx, std::uint32_t attempt) {
         for (const auto& hook : hooks.error)
             if (hook->live())
                 call_hook([&] { hook->fn(ctx, ev, error); });
@@ -3629,8 +3923,6 @@ class dispatch_core {
                 if (hook->live())
                     call_hook([&] { hook->fn(ctx, failure); });
         }
-        if (attempt != 0)
-            note_failure(failures, entry, std::move(error), attempt);
     }
 
     // The store's handle on the state it shares with the user's dispatcher (mutable: a const
