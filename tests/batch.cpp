@@ -1,0 +1,222 @@
+// Batch handlers: runs of consecutive events of one key from a claimed batch, as a std::span,
+// in FIFO order, at most max_batch per call; handlers of the same key registered one event at a
+// time see the same events, in priority order; a failed batch call makes each event of its run
+// a dead letter; where no run forms (trigger, ordered_by_key) the span holds one event.
+#include <eventbus/eventbus.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <numeric>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+#include "support.hpp"
+
+using eventbus::args;
+using eventbus::context;
+using eventbus::dispatcher;
+using eventbus::errc;
+using eventbus::event;
+using eventbus::event_store;
+using eventbus::handler_options;
+using eventbus::store_options;
+
+namespace {
+
+struct tick {
+    int n = 0;
+};
+
+}  // namespace
+
+TEST_CASE("a batch handler gets runs of consecutive events of its type, FIFO, at most max_batch",
+          "[batch]") {
+    dispatcher handlers;
+    std::vector<std::size_t> sizes;
+    std::vector<int> seen;
+    const eventbus::scoped_registration batch = handlers.on_batch<tick>(
+        [&](std::span<const tick> run) {
+            sizes.push_back(run.size());
+            for (const tick& t : run)
+                seen.push_back(t.n);
+        },
+        {}, 16);
+    std::vector<std::string> dynamic_seen;
+    const eventbus::scoped_registration other =
+        handlers.on("other", [&](const context&, const args& a) {
+            dynamic_seen.push_back(eventbus::arg<std::string>(a, "s"));
+        });
+    event_store<> store(handlers, 128);
+    const context ctx;
+    for (int i = 0; i < 40; ++i)
+        REQUIRE_FALSE(store.subscribe(ctx, tick{i}));
+    REQUIRE_FALSE(store.subscribe(
+        ctx, event{.id = {}, .projection = "other", .args = {{"s", std::string("x")}}}));
+    for (int i = 40; i < 45; ++i)
+        REQUIRE_FALSE(store.subscribe(ctx, tick{i}));
+    store.publish();
+    // One claimed batch of 46: 40 ticks (16 + 16 + 8), the other key, then 5 ticks.
+    CHECK(sizes == std::vector<std::size_t>{16, 16, 8, 5});
+    std::vector<int> expected(45);
+    std::iota(expected.begin(), expected.end(), 0);
+    CHECK(seen == expected);
+    CHECK(dynamic_seen == std::vector<std::string>{"x"});
+    const auto m = store.metrics();
+    CHECK(m.processed == 46);  // a batch call counts once per event
+    CHECK(m.handled == 46);
+    CHECK_RECONCILES(m);
+}
+
+TEST_CASE("batch and per-event handlers of one key run in priority order over the run",
+          "[batch][priority]") {
+    dispatcher handlers;
+    std::vector<std::string> log;
+    const eventbus::scoped_registration low =
+        handlers.on<tick>([&](const tick& t) { log.push_back("low " + std::to_string(t.n)); },
+                          handler_options{.name = "low", .priority = -1});
+    const eventbus::scoped_registration batch = handlers.on_batch<tick>(
+        [&](std::span<const tick> run) {
+            log.push_back("batch " + std::to_string(run.front().n) + ".." +
+                          std::to_string(run.back().n));
+        },
+        handler_options{.name = "batch", .priority = 0});
+    const eventbus::scoped_registration high =
+        handlers.on<tick>([&](const tick& t) { log.push_back("high " + std::to_string(t.n)); },
+                          handler_options{.name = "high", .priority = 1});
+    event_store<> store(handlers, 16);
+    for (int i = 0; i < 3; ++i)
+        REQUIRE_FALSE(store.subscribe(context{}, tick{i}));
+    store.publish();
+    CHECK(log == std::vector<std::string>{"high 0", "high 1", "high 2", "batch 0..2", "low 0",
+                                          "low 1", "low 2"});
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE("a dynamic batch handler gets the events of its key", "[batch][dynamic]") {
+    dispatcher handlers;
+    std::vector<std::string> ids;
+    std::size_t calls = 0;
+    const eventbus::scoped_registration batch =
+        handlers.on_batch("order", [&](const context&, std::span<const event> run) {
+            ++calls;
+            for (const event& e : run)
+                ids.push_back(e.id + "=" + std::to_string(eventbus::arg<int>(e.args, "n")));
+        });
+    event_store<> store(handlers, 16);
+    for (int i = 0; i < 4; ++i)
+        REQUIRE_FALSE(store.subscribe(
+            context{},
+            event{.id = "o" + std::to_string(i), .projection = "order", .args = {{"n", i}}}));
+    store.publish();
+    CHECK(calls == 1);
+    CHECK(ids == std::vector<std::string>{"o0=0", "o1=1", "o2=2", "o3=3"});
+    // The events are back in their envelopes afterwards: a trigger sees its own one.
+    CHECK_FALSE(
+        store.trigger(context{}, event{.id = "t", .projection = "order", .args = {{"n", 9}}}));
+    CHECK(ids.back() == "t=9");
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE("a failed batch call makes every event of its run a dead letter of the handler",
+          "[batch][dead_letter]") {
+    dispatcher handlers;
+    std::atomic<int> others{0};
+    const eventbus::scoped_registration fails = handlers.on_batch<tick>(
+        [&](std::span<const tick> run) {
+            if (run.size() > 1)
+                throw std::runtime_error("bad batch");
+        },
+        handler_options{.name = "batch"});
+    const eventbus::scoped_registration fine =
+        handlers.on<tick>([&](const tick&) { others.fetch_add(1); });
+    event_store<> store(handlers, 16, store_options{.dead_letter_capacity = 16});
+    std::atomic<int> reported{0};
+    const auto hook = store.on_error([&](const context&, const eventbus::handler_failure& f) {
+        CHECK(f.handler == "batch");
+        CHECK(f.event.get_if<tick>() != nullptr);
+        reported.fetch_add(1);
+    });
+    for (int i = 0; i < 5; ++i)
+        REQUIRE_FALSE(store.subscribe(context{}, tick{i}));
+    store.publish();
+    CHECK(others.load() == 5);
+    CHECK(reported.load() == 5);
+    const auto letters = store.dead_letters();
+    REQUIRE(letters.size() == 5);
+    for (std::size_t i = 0; i < letters.size(); ++i) {
+        CHECK(letters[i].handler() == "batch");
+        CHECK(letters[i].event().get_if<tick>()->n == static_cast<int>(i));
+    }
+    const auto m = store.metrics();
+    CHECK(m.errors == 5);
+    CHECK(m.dead_lettered == 5);
+    CHECK_RECONCILES(m);
+    // Replayed one at a time, each is a run of one, which the handler accepts.
+    REQUIRE_FALSE(store.replay(context{}, letters[2]));
+    store.publish();
+    CHECK(store.metrics().dead_lettered == 5);
+    CHECK(others.load() == 6);
+}
+
+TEST_CASE("batch handlers: bad options are refused with invalid_argument", "[batch][errors]") {
+    dispatcher handlers;
+    const auto fn = [](std::span<const tick>) {};
+    CHECK_THROWS_AS(handlers.on_batch<tick>(fn, {}, 0), std::invalid_argument);
+    CHECK_THROWS_AS(handlers.on_batch<tick>(fn, {}, 65), std::invalid_argument);
+    CHECK_THROWS_AS(
+        handlers.on_batch<tick>(
+            fn, handler_options{.name = {}, .priority = 0, .retry = {.max_attempts = 2}}),
+        std::invalid_argument);
+    CHECK(handlers.handlers()->empty());
+}
+
+TEST_CASE("async stores: every event reaches the batch handler exactly once", "[batch][stress]") {
+    const bool ordered = GENERATE(false, true);
+    CAPTURE(ordered);
+    const std::size_t events = eventbus_test::scaled(200'000, 2'000);
+    dispatcher handlers;
+    std::vector<std::atomic<int>> seen(events);
+    std::atomic<std::size_t> largest{0};
+    const eventbus::scoped_registration batch =
+        handlers.on_batch<tick>([&](std::span<const tick> run) {
+            std::size_t now = largest.load();
+            while (run.size() > now && !largest.compare_exchange_weak(now, run.size())) {
+            }
+            for (const tick& t : run)
+                seen[static_cast<std::size_t>(t.n)].fetch_add(1);
+        });
+    event_store<eventbus::block> store(
+        handlers, 1024, store_options{.async = true, .workers = 2, .ordered_by_key = ordered});
+    std::vector<std::jthread> producers;
+    std::atomic<int> refused{0};
+    for (std::size_t p = 0; p < 2; ++p) {
+        producers.emplace_back([&, p] {
+            for (std::size_t i = p; i < events; i += 2) {
+                if (store.subscribe(context{}, tick{static_cast<int>(i)}))
+                    refused.fetch_add(1);
+                if ((i / 2) % 64 == 0)
+                    store.publish();
+            }
+            store.publish();
+        });
+    }
+    producers.clear();
+    REQUIRE_FALSE(store.drain(context{}));
+    CHECK(refused.load() == 0);
+    std::size_t wrong = 0;
+    for (auto& count : seen)
+        wrong += count.load() == 1 ? 0u : 1u;
+    CHECK(wrong == 0);
+    if (ordered)
+        CHECK(largest.load() == 1);  // ordered_by_key hands out one event at a time
+    const auto m = store.metrics();
+    CHECK(m.processed == events);
+    CHECK(m.handled == events);
+    CHECK_RECONCILES(m);
+}
