@@ -28,6 +28,10 @@
 //                                subscribe claims its slot with a CAS (what several producing
 //                                threads pay).
 //     eventbus_single_producer   the first with store_options{.single_producer = true}.
+//     eventbus_batch_handler     the first with the handler registered by on_batch<price_tick>:
+//                                each publish()'s 64 events reach it as one std::span (one
+//                                type-erased call per run; the lambda is called per element
+//                                inside it, so that call can be inlined).
 //     mutex_deque_bus            REFERENCE. The bus a user writes by hand: subscribe = lock a
 //                                std::mutex, push_back into a std::deque<price_tick>, unlock;
 //                                publish = lock, swap the deque out into a local one, unlock, then
@@ -90,6 +94,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <typeindex>
 #include <typeinfo>
@@ -206,6 +211,27 @@ class eventbus_sync {
     const eventbus::context ctx_{};
     eventbus::dispatcher dispatcher_;      // outlives the store (declared first)
     eventbus::registration registration_;  // empty unless KeepRegistration
+    eventbus::event_store<> store_;
+};
+
+// The first eventbus variant with the handler registered as a batch handler: one type-erased
+// call per run of events (here each publish()'s 64), the handler lambda called per element.
+class eventbus_sync_batch {
+  public:
+    explicit eventbus_sync_batch(sink& s) : store_(dispatcher_, capacity) {
+        (void)dispatcher_.on_batch<price_tick>(
+            [handler = make_handler(s)](std::span<const price_tick> run) {
+                for (const price_tick& t : run)
+                    handler(t);
+            });
+    }
+
+    bool subscribe(price_tick t) { return !store_.subscribe(ctx_, std::move(t)); }
+    void publish() { store_.publish(); }
+
+  private:
+    const eventbus::context ctx_{};
+    eventbus::dispatcher dispatcher_;  // outlives the store (declared first)
     eventbus::event_store<> store_;
 };
 
@@ -484,6 +510,8 @@ void register_benchmarks() {
                                  bm_sync_typed<eventbus_sync<false, false, true>>);
     benchmark::RegisterBenchmark("BM_SyncTyped/eventbus_single_producer",
                                  bm_sync_typed<eventbus_sync<false, true>>);
+    benchmark::RegisterBenchmark("BM_SyncTyped/eventbus_batch_handler",
+                                 bm_sync_typed<eventbus_sync_batch>);
     benchmark::RegisterBenchmark("BM_SyncTyped/mutex_deque_bus", bm_sync_typed<mutex_deque_bus>);
     benchmark::RegisterBenchmark("BM_SyncTyped/std_function_floor",
                                  bm_sync_typed<std_function_floor>);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <span>
 
 #include "catch.hpp"
 #include "replaced_new.hpp"
@@ -63,6 +64,38 @@ TEST_CASE("sync: 10^5 typed subscribe + publish cycles allocate nothing", "[allo
     CHECK(during == 0);
     CHECK(failures == 0);
     CHECK(total == 101000);
+}
+
+TEST_CASE("sync: 10^5 typed events in runs for a batch handler allocate nothing", "[alloc]") {
+    std::int64_t total = 0;
+    std::size_t calls = 0;
+    eventbus::dispatcher handlers;
+    (void)handlers.on_batch<house_was_sold>([&](std::span<const house_was_sold> run) {
+        ++calls;
+        for (const house_was_sold& sale : run)
+            total += sale.price;
+    });
+    (void)handlers.on<house_was_sold>([&](const house_was_sold& sale) { total += sale.price; });
+    eventbus::event_store store(handlers, 1024);
+    const eventbus::context ctx;
+    const auto round = [&] {
+        std::size_t failures = 0;
+        for (int i = 0; i < 64; ++i)
+            failures += store.subscribe(ctx, house_was_sold{"123 Main St", 1}) ? 1u : 0u;
+        store.publish();
+        return failures;
+    };
+    for (int i = 0; i < 10; ++i)  // warm-up
+        (void)round();
+    const std::uint64_t before = allocations.load();
+    std::size_t failures = 0;
+    for (int i = 0; i < 1563; ++i)  // 100032 events
+        failures += round();
+    const std::uint64_t during = allocations.load() - before;
+    CHECK(during == 0);
+    CHECK(failures == 0);
+    CHECK(calls == 1573);  // one call per publish: each batch is one run of 64
+    CHECK(total == 2 * 64 * 1573);
 }
 
 TEST_CASE("async: 10^5 typed subscribe + publish cycles allocate nothing", "[alloc]") {

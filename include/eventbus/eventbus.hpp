@@ -484,7 +484,7 @@ class event_count {
 
 /// `std::error_code{}` without a call: its default constructor calls the out-of-line
 /// `std::system_category()` every time, which the hot path would pay per event.
-[[nodiscard]] inline std::error_code no_error() noexcept {
+[[nodiscard]] EVENTBUS_ALWAYS_INLINE inline std::error_code no_error() noexcept {
     static const std::error_code none;
     return none;
 }
@@ -3207,8 +3207,8 @@ struct batch_counts {
 struct failed_call {
     std::shared_ptr<handler_entry> target;
     std::exception_ptr error;
-    std::uint32_t attempts = 0;  // calls made, the failed one included
-    std::size_t event = 0;       // in a run for batch handlers: which of its events
+    std::uint32_t attempts = 0;       // calls made, the failed one included
+    const envelope* event = nullptr;  // which event of the batch (run() settles them after it)
 };
 
 /// Handlers to call again with one kept event, waiting on the store's timer.
@@ -3296,10 +3296,11 @@ struct handler_view {
     void* lane = nullptr;
     std::uint64_t lane_position = 0;
     bool lane_kept = false;
-    // Whether the table has a batch handler; then runs of events are formed for it, and the
-    // event of the run being handled.
+    // Whether the table has a batch handler; then runs of events are formed for it.
     bool batching = false;
-    std::size_t run_event = 0;
+    // The event being dispatched, for the failed calls (set off the hot path: there, call_plain
+    // passes its event).
+    const envelope* current_event = nullptr;
 
     [[nodiscard]] const handler_list* handlers_of(const envelope& env) noexcept {
         const void* type = env.type();
@@ -3387,12 +3388,21 @@ class dispatch_core {
     /// a committer that returns sees its events counted.
     [[nodiscard]] completions run(std::span<envelope> batch, handler_view& view,
                                   batch_counts& counts) {
+        // Batch handlers form runs; without them the loop does not look for any.
+        return view.batching ? run_batch<true>(batch, view, counts)
+                             : run_batch<false>(batch, view, counts);
+    }
+
+  private:
+    template <bool Batching>
+    [[nodiscard]] completions run_batch(std::span<envelope> batch, handler_view& view,
+                                        batch_counts& counts) {
         completions done;
         const pin_guard pin(pins());
         const bool plain = view.hooks->empty();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             envelope& env = batch[i];
-            if (view.batching) [[unlikely]] {
+            if constexpr (Batching) {
                 if (const std::size_t n = run_of(batch.subspan(i), view); n > 1) {
                     dispatch_run(batch.subspan(i, n), view, counts, pin);
                     i += n - 1;
@@ -3405,30 +3415,29 @@ class dispatch_core {
                 // Handlers removed since the table was read are skipped: if that leaves none,
                 // the event is unhandled.
                 const handler_view::handler_list* handlers = view.handlers_of(env);
-                const std::uint64_t failed_before = counts.errors;
                 if (handlers != nullptr && call_plain(*handlers, env, counts, pin, &view))
                     ++counts.handled;
                 else
                     ++counts.unhandled;
-                if (counts.errors != failed_before) [[unlikely]]
-                    settle(&env, nullptr, view);
                 continue;
             }
             const std::uint64_t errors_before = counts.errors;
             const envelope& content = env.content();
+            view.current_event = &env;
             dispatch(event_view(content.projection(), content.type(), content.payload()), view,
                      counts, pin, handler_ctx_, 1);
-            if (!view.failures.empty())
-                settle(&env, nullptr, view);
             if (env.in_transaction()) {
                 done.any = true;
                 if (counts.errors != errors_before)
                     done.failed |= std::uint64_t{1} << i;
             }
         }
+        if (!view.failures.empty()) [[unlikely]]
+            settle_each(batch, view);
         return done;
     }
 
+  public:
     /// Runs the handlers of one event now, on the caller, with `ctx` as their context.
     /// Failed calls are counted in `trigger_errors` (the caller is told), never retried.
     void run_now(const event_view& ev, handler_view& view, batch_counts& counts,
@@ -3586,12 +3595,14 @@ class dispatch_core {
     EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
                                            const envelope& ev, batch_counts& counts,
                                            const pin_guard& pin, handler_view* failures) {
-        return call_plain(handlers, ev.type(), ev.payload(), counts, pin, handler_ctx_, failures);
+        return call_plain(handlers, ev.type(), ev.payload(), counts, pin, handler_ctx_, failures,
+                          &ev);
     }
     EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
                                            const void* type, const void* payload,
                                            batch_counts& counts, const pin_guard& pin,
-                                           const context& ctx, handler_view* failures) {
+                                           const context& ctx, handler_view* failures,
+                                           const envelope* where = nullptr) {
         const std::uint64_t before = counts.processed;
         for (const auto& target : handlers) {
             if (!pin.enter(*target))
@@ -3601,7 +3612,8 @@ class dispatch_core {
             } catch (...) {
                 ++counts.errors;
                 if (failures != nullptr)
-                    note_failure(*failures, target, std::current_exception(), 1);
+                    note_failure(*failures, target, std::current_exception(), 1,
+                                 where != nullptr ? where : failures->current_event);
             }
             ++counts.processed;
         }
@@ -3684,20 +3696,19 @@ class dispatch_core {
                                    type != nullptr ? *stand_in_or(stand_in, projection)
                                                    : *static_cast<const event*>(payload(k)),
                                    hooks, error, handler_ctx_, 1);
-                    view.run_event = k;
-                    note_failure(view, target, error, 1);
+                    note_failure(view, target, error, 1, &run[k]);
                 }
                 continue;
             }
             for (std::size_t k = 0; k < n; ++k) {
-                view.run_event = k;
+                view.current_event = &run[k];
                 const event_view ev(projection, type, payload(k));
                 if (hooks.empty()) {
                     try {
                         target->call(handler_ctx_, type, payload(k), nullptr);
                     } catch (...) {
                         ++counts.errors;
-                        note_failure(view, target, std::current_exception(), 1);
+                        note_failure(view, target, std::current_exception(), 1, &run[k]);
                     }
                     ++counts.processed;
                 } else {
@@ -3707,7 +3718,6 @@ class dispatch_core {
                 }
             }
         }
-        view.run_event = 0;
         layout->scatter(buffer, run);
         if (reached) {
             counts.handled += n;
@@ -3720,14 +3730,17 @@ class dispatch_core {
                         call_hook([&] { hook->fn(handler_ctx_, ev); });
             }
         }
-        if (view.failures.empty())
-            return;
-        // Each event settles its own failed calls.
+        // run() settles the failed calls, now that the events are back in their envelopes.
+    }
+
+    // After a batch: each event with failed calls settles them, in the batch's order.
+    EVENTBUS_NOINLINE void settle_each(std::span<envelope> batch, handler_view& view) noexcept {
+        const hook_set& hooks = *view.hooks;
         std::vector<failed_call> failed;
         failed.swap(view.failures);
-        for (std::size_t k = 0; k < n; ++k) {
+        for (envelope& env : batch) {
             for (failed_call& call : failed) {
-                if (call.event != k || !call.target)
+                if (call.event != &env || !call.target)
                     continue;
                 try {
                     view.failures.push_back(std::move(call));
@@ -3736,7 +3749,7 @@ class dispatch_core {
                 }
             }
             if (!view.failures.empty())
-                settle(&run[k], nullptr, view);
+                settle(&env, nullptr, view);
         }
     }
 
@@ -3750,10 +3763,10 @@ class dispatch_core {
     // remember it, the handler gives up on the event at once (a dead letter not kept).
     EVENTBUS_NOINLINE void note_failure(handler_view& view,
                                         const std::shared_ptr<handler_entry>& target,
-                                        std::exception_ptr error, std::uint32_t attempts) noexcept {
+                                        std::exception_ptr error, std::uint32_t attempts,
+                                        const envelope* event) noexcept {
         try {
-            view.failures.push_back(
-                failed_call{target, std::move(error), attempts, view.run_event});
+            view.failures.push_back(failed_call{target, std::move(error), attempts, event});
         } catch (...) {
             const auto hooks = view.hooks;
             bury(nullptr, failed_call{target, std::current_exception(), attempts},
@@ -3905,7 +3918,7 @@ class dispatch_core {
             return;
         report_failure(target, view, ev, hooks, error, ctx, attempt);
         if (attempt != 0)
-            note_failure(failures, entry, std::move(error), attempt);
+            note_failure(failures, entry, std::move(error), attempt, failures.current_event);
     }
 
     // The error hooks, for a failed call.
