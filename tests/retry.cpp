@@ -467,3 +467,108 @@ TEST_CASE("stress: every event succeeds exactly once or is dead-lettered exactly
     CHECK(succeeded + died == events);
     CHECK_RECONCILES(metrics);
 }
+
+TEST_CASE("ordered_by_key with one worker: a later event of a key waiting for its retry parks",
+          "[retry][ordered]") {
+    dispatcher handlers;
+    std::atomic<int> fails{1};
+    std::mutex m;
+    std::vector<int> order;
+    const eventbus::scoped_registration flaky = handlers.on<order_placed>(
+        [&](const order_placed& o) {
+            if (o.id == 1 && fails.fetch_sub(1) > 0)
+                throw std::runtime_error("flaky");
+            std::lock_guard lock(m);
+            order.push_back(o.id);
+        },
+        retrying("h", 3, backoff_policy::constant(5ms)));
+    event_store<> store(handlers, 16,
+                        store_options{.async = true, .workers = 1, .ordered_by_key = true});
+    REQUIRE_FALSE(store.subscribe(context{}, order_placed{1}));
+    REQUIRE_FALSE(store.subscribe(context{}, order_placed{2}));
+    store.publish();
+    REQUIRE_FALSE(store.drain(context{}));
+    std::lock_guard lock(m);
+    CHECK(order == std::vector<int>{1, 2});
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE("close() with events parked behind a waiting retry handles them all",
+          "[retry][ordered][close]") {
+    const std::size_t max_parked = GENERATE(std::size_t{2}, std::size_t{8});
+    CAPTURE(max_parked);
+    dispatcher handlers;
+    std::atomic<int> calls{0};
+    const eventbus::scoped_registration down = handlers.on<order_placed>(
+        [&](const order_placed& o) {
+            calls.fetch_add(1);
+            if (o.id == 0)
+                throw std::runtime_error("down");
+        },
+        retrying("h", 5, backoff_policy::constant(1h)));
+    event_store<> store(handlers, 64,
+                        store_options{.async = true,
+                                      .workers = 2,
+                                      .ordered_by_key = true,
+                                      .max_parked = max_parked,
+                                      .dead_letter_capacity = 8});
+    REQUIRE_FALSE(store.subscribe(context{}, order_placed{0}));
+    store.publish();
+    REQUIRE(eventbus_test::eventually([&] { return store.metrics().errors == 1; }));
+    // Only as many as can be parked: beyond, subscribe would be the one to wait.
+    for (int i = 1; i <= static_cast<int>(max_parked); ++i)
+        REQUIRE_FALSE(store.subscribe(context{}, order_placed{i}));
+    store.publish();
+    REQUIRE_FALSE(store.close(context{}));
+    CHECK(calls.load() == static_cast<int>(max_parked) + 1);
+    const auto letters = store.dead_letters();
+    REQUIRE(letters.size() == 1);
+    CHECK(letters[0].reason() == errc::closed);
+    const auto metrics = store.metrics();
+    CHECK(metrics.handled == max_parked + 1);
+    CHECK_RECONCILES(metrics);
+}
+
+TEST_CASE("removing a handler frees its callable even while its retry waits", "[retry][removal]") {
+    const bool async = GENERATE(false, true);
+    CAPTURE(async);
+    dispatcher handlers;
+    auto capture = std::make_shared<int>(0);
+    const std::weak_ptr<int> alive = capture;
+    eventbus::registration flaky = handlers.on<order_placed>(
+        [capture = std::move(capture)](const order_placed&) { throw std::runtime_error("down"); },
+        retrying("h", 3, backoff_policy::constant(1h)));
+    event_store<> store(handlers, 16,
+                        store_options{.async = async, .workers = 2, .dead_letter_capacity = 4});
+    REQUIRE_FALSE(store.subscribe(context{}, order_placed{1}));
+    store.publish();
+    REQUIRE(eventbus_test::eventually([&] { return store.metrics().errors == 1; }));
+    flaky.remove();
+    flaky = eventbus::registration{};  // the handle owned the entry too
+    CHECK(alive.expired());
+    REQUIRE_FALSE(store.close(context{}));
+    CHECK(store.dead_letters().size() == 1);
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE("a sync single_producer store does not retry: the timer thread would produce",
+          "[retry][single_producer]") {
+    dispatcher handlers;
+    std::atomic<int> calls{0};
+    const eventbus::scoped_registration flaky = handlers.on<order_placed>(
+        [&](const order_placed&) {
+            calls.fetch_add(1);
+            throw std::runtime_error("down");
+        },
+        retrying("h", 3));
+    event_store<> store(handlers, 16,
+                        store_options{.single_producer = true, .dead_letter_capacity = 4});
+    REQUIRE_FALSE(store.subscribe(context{}, order_placed{1}));
+    store.publish();
+    REQUIRE_FALSE(store.drain(context{}));
+    CHECK(calls.load() == 1);
+    const auto letters = store.dead_letters();
+    REQUIRE(letters.size() == 1);
+    CHECK(letters[0].reason() == errc::not_supported);
+    CHECK_RECONCILES(store.metrics());
+}

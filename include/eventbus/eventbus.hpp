@@ -2998,7 +2998,7 @@ class dead_letter {
     friend class event_store;
     dead_letter(detail::kept_ptr ev, std::string handler, std::uint32_t attempts,
                 std::exception_ptr error, std::error_code reason, std::uint64_t sequence,
-                const void* origin) noexcept
+                std::uint64_t origin) noexcept
         : origin_(origin)
         , event_(std::move(ev))
         , handler_(std::move(handler))
@@ -3008,7 +3008,7 @@ class dead_letter {
         , failed_at_(std::chrono::system_clock::now())
         , sequence_(sequence) {}
 
-    const void* origin_;  // the dispatch core of the store that kept it (not owned)
+    std::uint64_t origin_;  // which store's dispatch core made it
     detail::kept_ptr event_;
     std::string handler_;
     std::uint32_t attempts_;
@@ -3212,9 +3212,18 @@ struct failed_call {
 };
 
 /// Handlers to call again with one kept event, waiting on the store's timer.
+/// A handler waiting for its retry: held weakly, so that removing it frees its callable now,
+/// as it does without a retry.
+struct waiting_call {
+    std::weak_ptr<handler_entry> target;
+    std::string name;  // the handler's, for its dead letter
+    std::exception_ptr error;
+    std::uint32_t attempts = 0;
+};
+
 struct retry_job {
     kept_ptr event;
-    std::vector<failed_call> targets;
+    std::vector<waiting_call> targets;
     // ordered_by_key: the stripe of the event's key, held (its later events parked) until the
     // retries are over, and the position its owner announced (no later than the parked events).
     void* lane = nullptr;
@@ -3462,23 +3471,25 @@ class dispatch_core {
         const event& as_event = ev.is_typed() ? *stand_in : *ev.dynamic();
         view.lane = job.lane;
         view.lane_position = job.position;
-        for (failed_call& call : job.targets) {
-            if (!pin.enter(*call.target)) {
-                bury(job.event, std::move(call), errc::cancelled, hooks);
+        for (waiting_call& call : job.targets) {
+            const std::shared_ptr<handler_entry> target = call.target.lock();
+            if (!target || !pin.enter(*target)) {
+                bury(job.event, call.name, call.attempts, std::move(call.error), errc::cancelled,
+                     hooks);
                 continue;
             }
             retried_.fetch_add(1, std::memory_order_relaxed);
-            run_one(call.target, ev, as_event, hooks, counts, handler_ctx_, view,
-                    call.attempts + 1);
+            run_one(target, ev, as_event, hooks, counts, handler_ctx_, view, call.attempts + 1);
         }
         if (!view.failures.empty())
             settle(nullptr, &job.event, view);
     }
 
-    /// The store's timer, for retries: `schedule(store, job, delay)` takes the job and returns
-    /// true, or returns false (closed, or no memory) and leaves the job to the caller.
-    using retry_scheduler = bool (*)(void* store, std::shared_ptr<retry_job>& job,
-                                     std::chrono::nanoseconds delay) noexcept;
+    /// The store's timer, for retries: `schedule(store, job, delay)` takes the job, counted as
+    /// pending (retry_started), and returns `{}`; or leaves it to the caller with the reason
+    /// (`errc::closed`, `errc::not_supported`, or no memory: `errc::handler_failed`).
+    using retry_scheduler = std::error_code (*)(void* store, std::shared_ptr<retry_job>& job,
+                                                std::chrono::nanoseconds delay) noexcept;
     void set_retries(retry_scheduler schedule, void* store, std::size_t letter_capacity) noexcept {
         schedule_retry_ = schedule;
         retry_store_ = store;
@@ -3490,18 +3501,25 @@ class dispatch_core {
         return retries_pending_.load(std::memory_order_seq_cst);
     }
     [[nodiscard]] event_count& retries_done() noexcept { return retries_done_; }
+    /// The timer took a job (under its mutex, before close() can stop it): pending until
+    /// retry_finished().
+    void retry_started() noexcept { retries_pending_.fetch_add(1, std::memory_order_seq_cst); }
     /// A job taken by schedule_retry is over (after its counts were added).
     void retry_finished() noexcept {
         // Seq_cst RMW, then notify: drain re-checks with a seq_cst load (eventcount).
         retries_pending_.fetch_sub(1, std::memory_order_seq_cst);
         retries_done_.notify_if_waiting();
     }
-    /// A job that will never run (the store closed): every handler of it gives up.
-    void abandon(retry_job& job) noexcept {
+    /// A job that will never run (the store closed): every handler of it gives up. With
+    /// `keep_pending` (ordered_by_key: its stripe must still be let go by a worker) the job
+    /// stays pending, without targets.
+    void abandon(retry_job& job, bool keep_pending = false) noexcept {
         const auto hooks = hooks_->set.read();
-        for (failed_call& call : job.targets)
-            bury(job.event, std::move(call), errc::closed, *hooks);
-        retry_finished();
+        for (waiting_call& call : job.targets)
+            bury(job.event, call.name, call.attempts, std::move(call.error), errc::closed, *hooks);
+        job.targets.clear();
+        if (!keep_pending)
+            retry_finished();
     }
 
     [[nodiscard]] std::uint64_t retried() const noexcept {
@@ -3524,7 +3542,7 @@ class dispatch_core {
     }
     /// Takes the kept letter `sequence` out of the queue: true if it was there.
     bool forget_letter(const dead_letter& letter) noexcept {
-        if (letter.origin_ != this)
+        if (letter.origin_ != id_)
             return false;
         const std::uint64_t sequence = letter.sequence();
         std::lock_guard lock(letters_mutex_);
@@ -3745,7 +3763,8 @@ class dispatch_core {
                 try {
                     view.failures.push_back(std::move(call));
                 } catch (...) {
-                    bury(nullptr, std::move(call), errc::handler_failed, hooks);
+                    bury(nullptr, call.target->name, call.attempts, std::move(call.error),
+                         errc::handler_failed, hooks);
                 }
             }
             if (!view.failures.empty())
@@ -3769,8 +3788,8 @@ class dispatch_core {
             view.failures.push_back(failed_call{target, std::move(error), attempts, event});
         } catch (...) {
             const auto hooks = view.hooks;
-            bury(nullptr, failed_call{target, std::current_exception(), attempts},
-                 errc::handler_failed, hooks ? *hooks : hook_set{});
+            bury(nullptr, target->name, attempts, std::move(error), errc::handler_failed,
+                 hooks ? *hooks : hook_set{});
         }
     }
 
@@ -3806,31 +3825,35 @@ class dispatch_core {
                     if (!job)
                         job = std::make_shared<retry_job>(
                             retry_job{event, {}, view.lane, view.lane_position, nullptr});
-                    job->targets.push_back(std::move(call));
+                    job->targets.push_back(
+                        waiting_call{call.target, call.target->name, call.error, call.attempts});
                     delay = std::max(delay, policy.backoff.delay(call.attempts, jitter_draw()));
                     continue;
                 } catch (...) {
                 }
             }
-            bury(event, std::move(call), errc::handler_failed, hooks);
+            bury(event, call.target->name, call.attempts, std::move(call.error),
+                 errc::handler_failed, hooks);
         }
+        failed.clear();  // the handlers themselves are held weakly by the retry from here
         if (!job || job->targets.empty())
             return;
-        retries_pending_.fetch_add(1, std::memory_order_seq_cst);
-        if (schedule_retry_ != nullptr && schedule_retry_(retry_store_, job, delay)) {
+        const std::error_code refused = schedule_retry_ != nullptr
+                                            ? schedule_retry_(retry_store_, job, delay)
+                                            : std::error_code(errc::not_supported);
+        if (!refused) {
             if (view.lane != nullptr)
                 view.lane_kept = true;
             return;
         }
-        for (failed_call& call : job->targets)
-            bury(event, std::move(call), errc::closed, hooks);
-        retry_finished();
+        for (waiting_call& call : job->targets)
+            bury(event, call.name, call.attempts, std::move(call.error), refused, hooks);
     }
 
     // A handler gives up on an event: counted, shown to the dead letter hooks, and kept if
     // there is room (the oldest kept letter goes when there is not).
-    void bury(const kept_ptr& event, failed_call&& call, std::error_code reason,
-              const hook_set& hooks) noexcept {
+    void bury(const kept_ptr& event, const std::string& handler, std::uint32_t attempts,
+              std::exception_ptr error, std::error_code reason, const hook_set& hooks) noexcept {
         const std::uint64_t sequence = dead_lettered_.fetch_add(1, std::memory_order_relaxed) + 1;
         if (!event) {
             letters_dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -3838,8 +3861,8 @@ class dispatch_core {
         }
         std::optional<dead_letter> letter;
         try {
-            letter.emplace(dead_letter(event, call.target->name, call.attempts,
-                                       std::move(call.error), reason, sequence, this));
+            letter.emplace(
+                dead_letter(event, handler, attempts, std::move(error), reason, sequence, id_));
         } catch (...) {
             letters_dropped_.fetch_add(1, std::memory_order_relaxed);
             return;
@@ -3955,9 +3978,15 @@ class dispatch_core {
     std::size_t letter_capacity_ = 0;
     // The kept letters, a circular buffer of at most letter_capacity_ once full (allocated by
     // the first letter), the oldest at letters_oldest_; guarded by letters_mutex_.
+    const std::uint64_t id_ = next_id();  // names this core in its dead letters
     mutable std::mutex letters_mutex_;
     mutable std::vector<dead_letter> letters_;
     mutable std::size_t letters_oldest_ = 0;
+
+    static std::uint64_t next_id() noexcept {
+        static std::atomic<std::uint64_t> last{0};
+        return last.fetch_add(1, std::memory_order_relaxed) + 1;
+    }
 
     void oldest_first_locked() const noexcept {
         std::rotate(letters_.begin(),
@@ -3996,8 +4025,8 @@ class worker_pool {
         , eligible_(ring.mark()) {
         if (max_parked != 0) {
             stripes_ = std::make_unique<stripe[]>(stripe_count);
-            if (count > 1)  // one worker never finds its stripe owned by another
-                lot_ = parking_lot(max_parked);
+            // Also for one worker: a key waiting for a retry keeps its stripe.
+            lot_ = parking_lot(max_parked);
         }
         threads_.reserve(count);
         try {
@@ -4150,7 +4179,7 @@ class worker_pool {
             for (std::size_t i = 0; i < size; ++i)
                 places_[i].next = i + 1 < size ? i + 1 : none;
         }
-        /// Also when it has no place: then nothing may be parked (a single worker never does).
+        /// Also when it has no place: then nothing may be parked.
         [[nodiscard]] bool full() const noexcept { return free_ == none; }
 
         void park(stripe& lane, envelope&& ev) noexcept {
@@ -4349,7 +4378,7 @@ class worker_pool {
             bool blocked = false;
             {
                 std::lock_guard lock(pop_mutex_);
-                if (count_ > 1 && lot_.full())
+                if (lot_.full())
                     blocked = true;  // the event popped might have to be parked: pop nothing
                 else
                     ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
@@ -5258,17 +5287,29 @@ class event_store {
             if (timers_)
                 cancelled = timers_->stop();
         }
-        for (auto& [when, entry] : cancelled)
-            if (entry->retry)
-                core_.abandon(*entry->retry);
+        for (auto& [when, entry] : cancelled) {
+            if (!entry->retry)
+                continue;
+            // ordered_by_key: a worker still has to let the retried key's stripe go (and
+            // handle what is parked there), so the job, without handlers, goes to the workers.
+            const bool holds_lane = pool_ && entry->retry->lane != nullptr;
+            core_.abandon(*entry->retry, holds_lane);
+            if (holds_lane)
+                pool_->add_retry(std::move(entry->retry));
+        }
     }
 
     // The dispatch core's retry scheduler: the job waits on the timer thread. False (the job
     // stays the caller's) when the store is closing, or the timer cannot be set for want of
     // memory or of a thread.
-    static bool schedule_retry(void* self, std::shared_ptr<detail::retry_job>& job,
-                               std::chrono::nanoseconds delay) noexcept {
+    static std::error_code schedule_retry(void* self, std::shared_ptr<detail::retry_job>& job,
+                                          std::chrono::nanoseconds delay) noexcept {
         auto& store = *static_cast<event_store*>(self);
+        // A sync single_producer store's timer thread would run the retry, and its handler's
+        // subscribes, as a second producer.
+        if (store.options_.single_producer && !store.pool_)
+            return errc::not_supported;
+        bool started = false;
         try {
             const auto now = context::clock::now();
             const auto due = delay >= context::clock::time_point::max() - now
@@ -5277,16 +5318,22 @@ class event_store {
             auto entry = std::make_shared<detail::timer_entry>(due, job);
             std::lock_guard lock(store.timers_mutex_);
             if (store.timers_stopped_)
-                return false;
+                return errc::closed;
             if (!store.timers_) {
                 store.timers_ = std::make_unique<detail::timer_service<event_store>>(store);
                 store.timers_ready_.store(store.timers_.get(), std::memory_order_release);
             }
+            // Pending from before close() can stop the timers (it takes this mutex), so that
+            // workers never exit with a retry still to come, and every end of one is seen.
+            store.core_.retry_started();
+            started = true;
             store.timers_->add_retry(std::move(entry));
             job.reset();
-            return true;
+            return {};
         } catch (...) {
-            return false;
+            if (started)
+                store.core_.retry_finished();  // not closing (we held the mutex): none waits
+            return errc::handler_failed;
         }
     }
 
