@@ -13,8 +13,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <new>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -228,6 +230,12 @@ struct price {
     long cents = 0;
 };
 
+// Fails its first call and succeeds on its retry; each event counts its own calls.
+struct flaky {
+    std::shared_ptr<std::atomic<int>> calls;
+};
+constexpr std::uint64_t flaky_events = 2;
+
 // Everything a user does with a store, every call guarded: registration, construction,
 // dynamic and typed subscribe, publish, trigger, a transaction, schedules (one cancelled),
 // drain. A call that throws is counted and the run goes on.
@@ -256,6 +264,18 @@ void run_scenario(eventbus::store_options options, scenario_outcome& out,
     guarded([&] {
         (void)handlers->on<price>([](const context&, const price&) { typed_calls.fetch_add(1); });
     });
+    guarded([&] {
+        (void)handlers->on<flaky>(
+            [](const context&, const flaky& f) {
+                if (f.calls->fetch_add(1) == 0)
+                    throw std::runtime_error("first call");
+            },
+            eventbus::handler_options{
+                .name = "flaky",
+                .priority = 0,
+                .retry = {.max_attempts = 2,
+                          .backoff = eventbus::backoff_policy::constant(100us)}});
+    });
     guarded(
         [&] { kept = std::make_unique<eventbus::event_store<Policy>>(*handlers, 16, options); });
     if (!kept)
@@ -278,6 +298,12 @@ void run_scenario(eventbus::store_options options, scenario_outcome& out,
         });
         if (i % 2 == 1)
             store.publish();
+    }
+    for (std::uint64_t i = 0; i < flaky_events; ++i) {
+        guarded([&] {
+            if (!store.subscribe(ctx, flaky{std::make_shared<std::atomic<int>>(0)}))
+                ++out.accepted;
+        });
     }
     guarded([&] {
         if (store.trigger(ctx, price{99}) != eventbus::errc::closed)
@@ -351,12 +377,15 @@ void sweep(eventbus::store_options options) {
                               << " dropped=" << m.dropped << " scheduled=" << m.scheduled
                               << " cancelled=" << m.cancelled << " accepted=" << out.accepted);
             CHECK(m.published + m.triggered == m.handled + m.unhandled + m.dropped);
+            CHECK(m.errors == m.retried + m.dead_lettered + m.trigger_errors);
             CHECK(m.published == out.accepted + 1 + (m.scheduled - m.cancelled));
             CHECK(m.triggered == out.triggered);
             CHECK(out.unexpected == 0);
             if (!injected) {
                 CHECK(out.failures == 0);
-                CHECK(m.errors == 0);
+                CHECK(m.errors == flaky_events);  // each flaky event's first call
+                CHECK(m.retried == flaky_events);
+                CHECK(m.dead_lettered == 0);
             }
         } else {
             CHECK(injected);
@@ -375,14 +404,15 @@ void sweep(eventbus::store_options options) {
 }  // namespace
 
 TEST_CASE("one failing allocation at every point of a sync store's life", "[alloc][sweep]") {
-    sweep<eventbus::drop_oldest>({});
+    sweep<eventbus::drop_oldest>({.dead_letter_capacity = 4});
 }
 
 TEST_CASE("one failing allocation at every point of an async store's life", "[alloc][sweep]") {
-    sweep<eventbus::return_error>({.async = true, .workers = 2});
+    sweep<eventbus::return_error>({.async = true, .workers = 2, .dead_letter_capacity = 4});
 }
 
 TEST_CASE("one failing allocation at every point of an ordered async store's life",
           "[alloc][sweep]") {
-    sweep<eventbus::block>({.async = true, .workers = 2, .ordered_by_key = true});
+    sweep<eventbus::block>(
+        {.async = true, .workers = 2, .ordered_by_key = true, .dead_letter_capacity = 4});
 }
