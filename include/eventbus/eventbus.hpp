@@ -3623,19 +3623,31 @@ class dispatch_core {
                                            const envelope* where = nullptr) {
         const std::uint64_t before = counts.processed;
         for (const auto& target : handlers) {
-            if (!pin.enter(*target))
+            const handler_entry& entry = *target;
+            if (!pin.enter(entry))
                 continue;
             try {
-                target->call(ctx, type, payload, nullptr);
+                entry.call(ctx, type, payload, nullptr);
             } catch (...) {
                 ++counts.errors;
                 if (failures != nullptr)
-                    note_failure(*failures, target, std::current_exception(), 1,
-                                 where != nullptr ? where : failures->current_event);
+                    note_failure_of(*failures, handlers, entry,
+                                    where != nullptr ? where : failures->current_event);
             }
             ++counts.processed;
         }
         return counts.processed != before;
+    }
+
+    // note_failure for the handler `entry` of `handlers` (found again here, off the hot path,
+    // so that the loop above keeps only the entry itself across the call).
+    EVENTBUS_NOINLINE void note_failure_of(handler_view& view,
+                                           const handler_view::handler_list& handlers,
+                                           const handler_entry& entry,
+                                           const envelope* event) noexcept {
+        for (const auto& target : handlers)
+            if (target.get() == &entry)
+                return note_failure(view, target, std::current_exception(), 1, event);
     }
 
     // Batch handlers: how many events from the start of `events` form a run for them (one or
