@@ -167,8 +167,14 @@ TEST_CASE("a failed batch call makes every event of its run a dead letter of the
 TEST_CASE("batch handlers: bad options are refused with invalid_argument", "[batch][errors]") {
     dispatcher handlers;
     const auto fn = [](std::span<const tick>) {};
-    CHECK_THROWS_AS(handlers.on_batch<tick>(fn, {}, 0), std::invalid_argument);
     CHECK_THROWS_AS(handlers.on_batch<tick>(fn, {}, 65), std::invalid_argument);
+    struct big {
+        char bytes[3000];
+    };
+    // 8 KiB hold two: the default takes what fits, more is refused.
+    const auto big_fn = [](std::span<const big>) {};
+    CHECK_NOTHROW(eventbus::scoped_registration(handlers.on_batch<big>(big_fn)));
+    CHECK_THROWS_AS(handlers.on_batch<big>(big_fn, {}, 3), std::invalid_argument);
     CHECK_THROWS_AS(
         handlers.on_batch<tick>(
             fn, handler_options{.name = {}, .priority = 0, .retry = {.max_attempts = 2}}),
@@ -218,5 +224,77 @@ TEST_CASE("async stores: every event reaches the batch handler exactly once", "[
     const auto m = store.metrics();
     CHECK(m.processed == events);
     CHECK(m.handled == events);
+    CHECK_RECONCILES(m);
+}
+
+TEST_CASE("a handler that removes itself inside a run is not called for the rest of it",
+          "[batch][removal]") {
+    dispatcher handlers;
+    int once_calls = 0;
+    eventbus::registration once;
+    once = handlers.on<tick>(
+        [&](const tick&) {
+            ++once_calls;
+            once.remove();
+        },
+        handler_options{.name = "once", .priority = 10});
+    std::size_t batched = 0;
+    const eventbus::scoped_registration batch =
+        handlers.on_batch<tick>([&](std::span<const tick> run) { batched += run.size(); });
+    event_store<> store(handlers, 64);
+    for (int i = 0; i < 5; ++i)
+        REQUIRE_FALSE(store.subscribe(context{}, tick{i}));
+    store.publish();
+    CHECK(once_calls == 1);
+    CHECK(batched == 5);
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE("events reached by no handler of a run are unhandled, one by one", "[batch][removal]") {
+    dispatcher handlers;
+    eventbus::registration self;
+    int calls = 0;
+    self = handlers.on_batch<tick>([&](std::span<const tick>) {}, {}, 1);  // no runs from it
+    // A run needs a batch handler of max_batch > 1: this one removes itself on its first call,
+    // before the per-event handler below (lower priority) has been entered.
+    eventbus::registration runner;
+    runner = handlers.on_batch<tick>([&](std::span<const tick>) { runner.remove(); },
+                                     handler_options{.name = "runner", .priority = 5});
+    self.remove();
+    eventbus::registration single;
+    single = handlers.on<tick>(
+        [&](const tick&) {
+            ++calls;
+            single.remove();
+        },
+        handler_options{.name = "single", .priority = 1});
+    event_store<> store(handlers, 64);
+    for (int i = 0; i < 4; ++i)
+        REQUIRE_FALSE(store.subscribe(context{}, tick{i}));
+    store.publish();
+    CHECK(calls == 1);
+    const auto m = store.metrics();
+    CHECK(m.handled == 4);  // the batch call reached all four
+    CHECK_RECONCILES(m);
+}
+
+TEST_CASE("a dynamic event under a type's key never forms a run for that type's batch handler",
+          "[batch][errors]") {
+    struct wide {
+        std::string s;
+        char pad[512];
+    };
+    dispatcher handlers;
+    std::size_t called = 0;
+    const eventbus::scoped_registration batch =
+        handlers.on_batch<wide>([&](std::span<const wide> run) { called += run.size(); }, {}, 8);
+    event_store<> store(handlers, 16);
+    for (int i = 0; i < 3; ++i)
+        REQUIRE_FALSE(store.subscribe(
+            context{}, event{.id = "e", .projection = eventbus::key::of<wide>(), .args = {}}));
+    store.publish();
+    CHECK(called == 0);
+    const auto m = store.metrics();
+    CHECK(m.errors == 3);  // each refused by the handler's type check
     CHECK_RECONCILES(m);
 }

@@ -2483,7 +2483,7 @@ class handler {
         if (type != nullptr)
             detail::throw_payload_mismatch("args");
         F& f = *static_cast<F*>(fn);
-        const args& a = static_cast<const event*>(payload)->args;
+        const args& a = std::launder(static_cast<const event*>(payload))->args;
         if constexpr (std::is_void_v<std::invoke_result_t<F&, const context&, const args&>>)
             f(ctx, a);
         else
@@ -2692,7 +2692,8 @@ class dispatcher {
     /// Adds a batch handler of typed events of type T: `fn(const context&, std::span<const T>)`
     /// or `fn(std::span<const T>)`, returning void or result. It receives runs of consecutive
     /// events of type T from one batch that a store claimed, in FIFO order, at most
-    /// `max_batch` (1 to 64) per call, laid out one after the other: their payloads are moved
+    /// `max_batch` per call (0: as many as fit, min(64, 8192 / sizeof(T))), laid out one after
+    /// the other: their payloads are moved
     /// next to each other on the dispatching thread's stack and back, so T must be nothrow
     /// movable, and a run allocates nothing. Where no run is formed (ordered_by_key, trigger,
     /// transactions, replays, a batch of one) it receives one event. Handlers of T registered
@@ -2700,9 +2701,9 @@ class dispatcher {
     /// `processed`, and in `errors` if it throws; a call that throws makes every event of its
     /// run a dead letter of the handler (batch handlers are not retried:
     /// `options.retry.max_attempts` must be 1). Thread-safe; allocates.
-    /// `std::invalid_argument` for a `max_batch` outside 1 to 64.
+    /// `std::invalid_argument` for a `max_batch` above min(64, 8192 / sizeof(T)).
     template <class T, class F>
-    registration on_batch(F fn, handler_options options = {}, std::size_t max_batch = 64) {
+    registration on_batch(F fn, handler_options options = {}, std::size_t max_batch = 0) {
         using U = std::remove_cvref_t<T>;
         static_assert(
             sizeof(U) <= detail::run_buffer_size && alignof(U) <= alignof(std::max_align_t),
@@ -2723,7 +2724,7 @@ class dispatcher {
     /// consecutive events of this key).
     template <class F>
     registration on_batch(std::string_view name, F fn, handler_options options = {},
-                          std::size_t max_batch = 64) {
+                          std::size_t max_batch = 0) {
         static_assert(std::invocable<F&, const context&, std::span<const event>>,
                       "eventbus: a batch handler of dynamic events takes (const "
                       "eventbus::context&, std::span<const eventbus::event>)");
@@ -2744,16 +2745,19 @@ class dispatcher {
     template <class U, class F>
     registration add_batch(key projection, F fn, handler_options options, std::size_t max_batch) {
         detail::check_callable(fn);
-        if (max_batch == 0 || max_batch > detail::run_capacity<U>)
+        static_assert(std::is_nothrow_move_constructible_v<U>);  // event too: gather is noexcept
+        if (max_batch == 0)
+            max_batch = detail::run_capacity<U>;
+        if (max_batch > detail::run_capacity<U>)
             throw std::invalid_argument("eventbus: max_batch " + std::to_string(max_batch) +
-                                        " is not in 1 to " +
+                                        " is not in 0 to " +
                                         std::to_string(detail::run_capacity<U>));
         if (options.retry.max_attempts != 1)
             throw std::invalid_argument(
                 "eventbus: a batch handler is not retried (retry.max_attempts must be 1)");
         detail::batch_fn batch;
         batch.invoke = [](void* f, const context& ctx, const void* first, std::size_t n) {
-            call_batch<U>(*static_cast<F*>(f), ctx, static_cast<const U*>(first), n);
+            call_batch<U>(*static_cast<F*>(f), ctx, std::launder(static_cast<const U*>(first)), n);
         };
         batch.gather = [](std::span<detail::envelope> events, std::byte* to) noexcept {
             for (detail::envelope& e : events) {
@@ -2773,8 +2777,8 @@ class dispatcher {
         };
         batch.size = sizeof(U);
         batch.max_batch = max_batch;
-        // Where no run is formed: a run of one, in place. A dynamic handler gets the args, so
-        // it takes them back to their event.
+        // Where no run is formed: a run of one, in place (a dynamic handler's payload is the
+        // event itself).
         detail::handler_fn single{
             [](void* f, const context& ctx, const void* type, const void* payload, result*) {
                 if constexpr (std::is_same_v<U, event>) {
@@ -3657,7 +3661,9 @@ class dispatch_core {
     [[nodiscard]] static std::size_t run_of(std::span<envelope> events, handler_view& view) {
         const envelope& first = events[0];
         const void* type = first.type();
-        if (type == nullptr && !first.is_dynamic())
+        // Not a transaction's or a kept event; nor a dynamic event filed under a type's key,
+        // which is no T (its handlers refuse it, one at a time).
+        if (type == nullptr && (!first.is_dynamic() || first.projection().is_type()))
             return 0;
         const handler_view::handler_list* handlers =
             type != nullptr ? view.handlers_of(first)
@@ -3694,22 +3700,46 @@ class dispatch_core {
                 layout = &e->batch;
         alignas(std::max_align_t) std::byte buffer[run_buffer_size];
         layout->gather(run, buffer);
+        // The payloads go back to their envelopes however this scope ends.
+        class restore {
+          public:
+            restore(const batch_fn& layout, std::byte* buffer, std::span<envelope> run) noexcept
+                : layout_(layout), buffer_(buffer), run_(run) {}
+            restore(const restore&) = delete;
+            restore& operator=(const restore&) = delete;
+            ~restore() { now(); }
+            void now() noexcept {
+                if (!std::exchange(done_, true))
+                    layout_.scatter(buffer_, run_);
+            }
+
+          private:
+            const batch_fn& layout_;
+            std::byte* buffer_;
+            std::span<envelope> run_;
+            bool done_ = false;
+        } back(*layout, buffer, run);
         const std::size_t n = run.size();
         const auto payload = [&](std::size_t k) -> const void* {
             return buffer + k * layout->size;
+        };
+        // A dynamic run's events live in the buffer.
+        const auto dynamic_at = [&](std::size_t k) -> const event& {
+            return *std::launder(reinterpret_cast<const event*>(buffer + k * layout->size));
         };
         const hook_set& hooks = *view.hooks;
         std::optional<event> stand_in;  // what the hooks' event forms see of a typed event
         if (type != nullptr && !hooks.empty())
             stand_in.emplace(event{.id = {}, .projection = first.projection(), .args = {}});
-        const key& projection = type != nullptr ? first.projection()
-                                                : static_cast<const event*>(payload(0))->projection;
-        bool reached = false;
+        const key& projection = type != nullptr ? first.projection() : dynamic_at(0).projection;
+        // Which events reached a handler call (a run is at most 64 events).
+        std::uint64_t reached = 0;
+        const std::uint64_t all = n == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
         for (const auto& target : handlers) {
             if (!pin.enter(*target))
                 continue;
-            reached = true;
             if (target->batch.invoke != nullptr) {
+                reached = all;
                 std::exception_ptr error;
                 try {
                     target->batch.invoke(target->call.fn.get(), handler_ctx_, buffer, n);
@@ -3722,15 +3752,19 @@ class dispatch_core {
                 counts.errors += n;
                 for (std::size_t k = 0; k < n; ++k) {
                     const event_view ev(projection, type, payload(k));
-                    report_failure(*target, ev,
-                                   type != nullptr ? *stand_in_or(stand_in, projection)
-                                                   : *static_cast<const event*>(payload(k)),
-                                   hooks, error, handler_ctx_, 1);
+                    report_failure(
+                        *target, ev,
+                        type != nullptr ? *stand_in_or(stand_in, projection) : dynamic_at(k), hooks,
+                        error, handler_ctx_, 1);
                     note_failure(view, target, error, 1, &run[k]);
                 }
                 continue;
             }
             for (std::size_t k = 0; k < n; ++k) {
+                // Removed meanwhile (by itself, say): never called again, as without runs.
+                if (k != 0 && !pin.enter(*target))
+                    break;
+                reached |= std::uint64_t{1} << k;
                 view.current_event = &run[k];
                 const event_view ev(projection, type, payload(k));
                 if (hooks.empty()) {
@@ -3742,23 +3776,22 @@ class dispatch_core {
                     }
                     ++counts.processed;
                 } else {
-                    run_one(target, ev,
-                            type != nullptr ? *stand_in : *static_cast<const event*>(payload(k)),
-                            hooks, counts, handler_ctx_, view, 1);
+                    run_one(target, ev, type != nullptr ? *stand_in : dynamic_at(k), hooks, counts,
+                            handler_ctx_, view, 1);
                 }
             }
         }
-        layout->scatter(buffer, run);
-        if (reached) {
-            counts.handled += n;
-        } else {
-            counts.unhandled += n;
-            for (envelope& env : run) {
-                const event_view ev(env.projection(), env.type(), env.payload());
-                for (const auto& hook : hooks.unhandled)
-                    if (hook->live())
-                        call_hook([&] { hook->fn(handler_ctx_, ev); });
+        back.now();
+        for (std::size_t k = 0; k < n; ++k) {
+            if ((reached >> k) & 1) {
+                ++counts.handled;
+                continue;
             }
+            ++counts.unhandled;
+            const event_view ev(run[k].projection(), run[k].type(), run[k].payload());
+            for (const auto& hook : hooks.unhandled)
+                if (hook->live())
+                    call_hook([&] { hook->fn(handler_ctx_, ev); });
         }
         // run() settles the failed calls, now that the events are back in their envelopes.
     }
