@@ -34,6 +34,7 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <concepts>
 #include <condition_variable>
 #include <cstddef>
@@ -2863,6 +2864,151 @@ class dispatcher {
     std::shared_ptr<detail::dispatcher_state> state_;
 };
 
+// metrics /////////////////////////////////////////////////////////////////////////////////////
+
+/// A histogram of durations with bounded relative error (HdrHistogram's log-linear layout):
+/// one bucket per nanosecond below 64 ns, then 32 buckets per power of two up to 2^36 ns
+/// (68.7 s). A bucket is at most 1/32 of its lower bound wide, so a value read back (the middle
+/// of its bucket) is within 1/64 (1.6%) of the durations recorded in it. Longer durations are
+/// counted in `overflow()` (and `count()`, `sum()`, `max()`), never in a bucket.
+/// A plain value (8 KiB of counts, no allocation); not thread-safe to write, like any value.
+/// event_store records its own with atomics, per thread, and merges them into one of these when
+/// `metrics()` is read.
+class latency_histogram {
+  public:
+    static constexpr unsigned sub_bucket_bits = 5;
+    static constexpr std::size_t sub_buckets = std::size_t{1} << sub_bucket_bits;  // 32
+    static constexpr std::size_t bucket_count = 1024;
+    /// The longest duration a bucket holds, in nanoseconds: 2^36 - 1 (68.7 s).
+    static constexpr std::uint64_t max_tracked_ns = (std::uint64_t{1} << 36) - 1;
+
+    /// The bucket of a duration of `ns` nanoseconds (at most `max_tracked_ns`).
+    [[nodiscard]] static constexpr std::size_t bucket_of(std::uint64_t ns) noexcept {
+        if (ns < 2 * sub_buckets)
+            return static_cast<std::size_t>(ns);
+        const auto shift = static_cast<unsigned>(std::bit_width(ns)) - (sub_bucket_bits + 1);
+        return std::size_t{shift} * sub_buckets + static_cast<std::size_t>(ns >> shift);
+    }
+    /// The shortest duration (ns) bucket `i` holds.
+    [[nodiscard]] static constexpr std::uint64_t lower_bound(std::size_t i) noexcept {
+        if (i < 2 * sub_buckets)
+            return i;
+        const std::size_t shift = i / sub_buckets - 1;
+        return std::uint64_t{i - shift * sub_buckets} << shift;
+    }
+    /// The longest duration (ns) bucket `i` holds.
+    [[nodiscard]] static constexpr std::uint64_t upper_bound(std::size_t i) noexcept {
+        return lower_bound(i) + width(i) - 1;
+    }
+    /// What a duration in bucket `i` reads back as: the middle of the bucket.
+    [[nodiscard]] static constexpr std::uint64_t midpoint(std::size_t i) noexcept {
+        return lower_bound(i) + width(i) / 2;
+    }
+
+    /// Adds one duration (negative ones count as 0).
+    void record(std::chrono::nanoseconds duration) noexcept {
+        record_ns(duration.count() < 0 ? 0 : static_cast<std::uint64_t>(duration.count()));
+    }
+    void record_ns(std::uint64_t ns, std::uint64_t times = 1) noexcept {
+        if (times == 0)
+            return;
+        if (ns > max_tracked_ns)
+            overflow_ += times;
+        else
+            counts_[bucket_of(ns)] += times;
+        count_ += times;
+        sum_ += ns * times;
+        min_ = std::min(min_, ns);
+        max_ = std::max(max_, ns);
+    }
+    /// Adds everything `other` recorded.
+    void merge(const latency_histogram& other) noexcept {
+        for (std::size_t i = 0; i < bucket_count; ++i)
+            counts_[i] += other.counts_[i];
+        overflow_ += other.overflow_;
+        count_ += other.count_;
+        sum_ += other.sum_;
+        min_ = std::min(min_, other.min_);
+        max_ = std::max(max_, other.max_);
+    }
+
+    /// Durations recorded, `overflow()` included.
+    [[nodiscard]] std::uint64_t count() const noexcept { return count_; }
+    [[nodiscard]] bool empty() const noexcept { return count_ == 0; }
+    /// Durations longer than `max_tracked_ns`.
+    [[nodiscard]] std::uint64_t overflow() const noexcept { return overflow_; }
+    /// Their exact sum.
+    [[nodiscard]] std::chrono::nanoseconds sum() const noexcept { return as_duration(sum_); }
+    /// The exact shortest and longest (0 when empty).
+    [[nodiscard]] std::chrono::nanoseconds min() const noexcept {
+        return as_duration(count_ == 0 ? 0 : min_);
+    }
+    [[nodiscard]] std::chrono::nanoseconds max() const noexcept { return as_duration(max_); }
+    /// The mean (0 when empty).
+    [[nodiscard]] std::chrono::nanoseconds mean() const noexcept {
+        return as_duration(count_ == 0 ? 0 : sum_ / count_);
+    }
+    /// The duration at quantile `q` (0.5: the median, 0.99: p99; clamped to [0, 1]): the middle
+    /// of the bucket holding the `ceil(q * count())`-th shortest duration, kept within
+    /// [min(), max()]; max() when that one overflowed. 0 when empty.
+    [[nodiscard]] std::chrono::nanoseconds quantile(double q) const noexcept {
+        if (count_ == 0)
+            return std::chrono::nanoseconds(0);
+        q = q < 0.0 || q != q ? 0.0 : std::min(q, 1.0);
+        auto rank = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(count_)));
+        rank = std::clamp<std::uint64_t>(rank, 1, count_);
+        std::uint64_t seen = 0;
+        for (std::size_t i = 0; i < bucket_count; ++i) {
+            seen += counts_[i];
+            if (seen >= rank)
+                return as_duration(std::clamp(midpoint(i), min_, max_));
+        }
+        return as_duration(max_);
+    }
+    /// Durations recorded in buckets that end at or before `limit` (so all of them are at most
+    /// `limit`; exact when `limit` + 1 ns starts a bucket, within a bucket's width otherwise).
+    [[nodiscard]] std::uint64_t count_at_or_below(std::chrono::nanoseconds limit) const noexcept {
+        if (limit.count() < 0)
+            return 0;
+        const auto ns = static_cast<std::uint64_t>(limit.count());
+        if (ns >= max_tracked_ns)
+            return count_ - overflow_ + (ns >= max_ ? overflow_ : 0);
+        std::size_t end = bucket_of(ns);
+        if (upper_bound(end) <= ns)
+            ++end;
+        std::uint64_t n = 0;
+        for (std::size_t i = 0; i < end; ++i)
+            n += counts_[i];
+        return n;
+    }
+    /// The counts per bucket (see `lower_bound`, `upper_bound`).
+    [[nodiscard]] std::span<const std::uint64_t, bucket_count> buckets() const noexcept {
+        return counts_;
+    }
+
+  private:
+    [[nodiscard]] static constexpr std::uint64_t width(std::size_t i) noexcept {
+        return i < 2 * sub_buckets ? 1 : std::uint64_t{1} << (i / sub_buckets - 1);
+    }
+    static std::chrono::nanoseconds as_duration(std::uint64_t ns) noexcept {
+        constexpr auto most = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+        return std::chrono::nanoseconds(static_cast<std::int64_t>(std::min(ns, most)));
+    }
+
+    std::array<std::uint64_t, bucket_count> counts_{};
+    std::uint64_t overflow_ = 0;
+    std::uint64_t count_ = 0;
+    std::uint64_t sum_ = 0;
+    std::uint64_t min_ = ~std::uint64_t{0};
+    std::uint64_t max_ = 0;
+};
+
+static_assert(latency_histogram::bucket_of(latency_histogram::max_tracked_ns) + 1 ==
+                  latency_histogram::bucket_count,
+              "the last bucket ends at max_tracked_ns");
+static_assert(latency_histogram::upper_bound(latency_histogram::bucket_count - 1) ==
+              latency_histogram::max_tracked_ns);
+
 // hooks and options ///////////////////////////////////////////////////////////////////////////
 
 /// Options of an event_store.
@@ -2889,6 +3035,13 @@ struct store_options {
     /// beyond it, counted in `metrics().dead_letters_dropped`). 0: none are kept; they are
     /// still counted and shown to `on_dead_letter` hooks.
     std::size_t dead_letter_capacity = 0;
+    /// Record how long events wait (`store_metrics::queue_wait`: from subscribe to the start of
+    /// their first handler call) and how long handler calls take
+    /// (`store_metrics::handler_duration`). Costs a clock read when an event is accepted, one
+    /// before its handlers and one after each handler call (steady_clock), plus 16 KiB per
+    /// recording thread (each worker; sync mode: two), allocated by the constructor. Off: no
+    /// clock is read.
+    bool latency_histograms = false;
 };
 
 /// A snapshot of a store's counters.
@@ -2915,6 +3068,20 @@ struct store_metrics {
     /// Failed handler calls of trigger(): its caller is told (`handler_failed`); they are never
     /// retried or dead-lettered.
     std::uint64_t trigger_errors = 0;
+    /// Subscribes (and transaction commits, per event) refused: `buffer_full` (return_error),
+    /// `would_deadlock`, `closed`, or a context that ended while waiting (block).
+    std::uint64_t rejected = 0;
+    /// Events in the ring now: accepted, not yet taken by a dispatcher or a worker.
+    std::uint64_t depth = 0;
+    /// The most events seen waiting in the ring at once, seen when a dispatcher or a worker
+    /// takes a batch (at most the capacity).
+    std::uint64_t high_water = 0;
+    /// With `store_options::latency_histograms`: from subscribe to the start of the event's
+    /// first handler call, per event handled from the ring (not trigger(), nor retries).
+    latency_histogram queue_wait;
+    /// With `store_options::latency_histograms`: each handler call (a batch handler's call
+    /// counts once), retries and trigger() included.
+    latency_histogram handler_duration;
 };
 
 class dead_letter;
@@ -5071,6 +5238,7 @@ class event_store {
         m.retried = core_.retried();
         m.dead_lettered = core_.dead_lettered();
         m.dead_letters_dropped = core_.dead_letters_dropped();
+        m.depth = ring_.approx_size();
         if (pool_) {
             const detail::batch_counts workers = pool_->counts();
             m.processed += workers.processed;
