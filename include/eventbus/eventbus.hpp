@@ -297,6 +297,16 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+template <class Ring>
+class worker_pool;
+
+/// The steady clock in nanoseconds, for latency histograms.
+inline std::uint64_t clock_ns() noexcept {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::steady_clock::now().time_since_epoch())
+                                          .count());
+}
+
 /// Exponential backoff for waits that end when another thread finishes a step it has begun
 /// (a slot claimed but not yet written). Spins first, then yields, because with more threads
 /// than cores the thread we wait for may need our core to finish.
@@ -892,7 +902,10 @@ class ring_buffer {
                     const std::uint64_t position = head + i * step;
                     slot& s = slot_at(position);
                     T* element = s.element();
-                    sink(std::move(*element));
+                    if constexpr (std::is_invocable_v<Sink&, T&&, std::uint64_t>)
+                        sink(std::move(*element), stamp_of(s));
+                    else
+                        sink(std::move(*element));
                     element->~T();
                     // Release: our move and destruction happen before the next producer's
                     // construction in this slot.
@@ -996,6 +1009,32 @@ class ring_buffer {
 #endif
     };
 
+    // An event_store with latency histograms: each push writes its time (clock_ns) next to
+    // its slot, after constructing the element and before publishing it, and the consumer that
+    // claimed the slot reads it before freeing the slot, so the slot's own sequence number
+    // orders both (no atomics of their own). One predictable branch per push and pop when off.
+    template <overflow_policy>
+    friend class event_store;
+    template <class>
+    friend class detail::worker_pool;
+    void record_push_times() {
+        stamps_ = std::make_unique<std::uint64_t[]>(capacity_);
+    }
+    void stamp(const slot& s) noexcept {
+        if (stamps_) [[unlikely]]
+            stamps_[static_cast<std::size_t>(&s - slots_)] = detail::clock_ns();
+    }
+    [[nodiscard]] std::uint64_t stamp_of(const slot& s) const noexcept {
+        return stamps_ ? stamps_[static_cast<std::size_t>(&s - slots_)] : 0;
+    }
+    /// try_pop_before, also reading the element's push time (0 without record_push_times).
+    [[nodiscard]] std::optional<T> try_pop_before_stamped(std::uint64_t mark,
+                                                          std::uint64_t& pushed_at) noexcept {
+        std::optional<T> out;
+        (void)try_pop_once(out, mark, &pushed_at);
+        return out;
+    }
+
     // Single producer: publishes a new tail (no other thread writes it, close() excepted, which
     // the producer promised not to run concurrently), then wakes a consumer sleeping in pop().
     void publish_tail(std::uint64_t next) noexcept {
@@ -1034,6 +1073,7 @@ class ring_buffer {
         // Acquire: as in try_push_once, the consumer is done with the storage.
         if (s.seq.load(std::memory_order_acquire) == tail) {
             ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+            stamp(s);
             s.seq.store(tail + 1, std::memory_order_release);
             publish_tail(tail + step);
             return detail::attempt::ok;
@@ -1051,6 +1091,7 @@ class ring_buffer {
             const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
             if (seq == tail) {
                 ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+                stamp(s);
                 s.seq.store(tail + 1, std::memory_order_release);
                 publish_tail(tail + step);
                 return detail::attempt::ok;
@@ -1175,6 +1216,7 @@ class ring_buffer {
                 if (indices_.tail.compare_exchange_weak(
                         tail, tail + step, std::memory_order_seq_cst, std::memory_order_relaxed)) {
                     ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+                    stamp(s);
                     // Release: publishes the element to the consumer that acquires `seq`.
                     s.seq.store(tail + 1, std::memory_order_release);
                     not_empty_.notify_if_waiting();
@@ -1254,6 +1296,7 @@ class ring_buffer {
                         for (std::size_t i = 0; i < values.size(); ++i) {
                             slot& s = slot_at(tail + i * step);
                             ::new (static_cast<void*>(s.storage)) T(std::move(values[i]));
+                            stamp(s);
                             s.seq.store(tail + i * step + 1, std::memory_order_release);
                         }
                         not_empty_.notify_if_waiting();
@@ -1298,6 +1341,7 @@ class ring_buffer {
             wait.snooze();
         }
         ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+        stamp(s);
         s.seq.store(position + 1, std::memory_order_release);
         if (!single_producer_)
             not_empty_.notify_if_waiting();  // a single producer notifies once it moved tail
@@ -1312,8 +1356,8 @@ class ring_buffer {
     // With `limit`, takes only elements of positions before it (`busy` otherwise).
     // `out` is a std::optional<T> (emplaced) or a T (move-assigned).
     template <class Out>
-    detail::attempt try_pop_once(Out& out,
-                                 std::optional<std::uint64_t> limit = std::nullopt) noexcept {
+    detail::attempt try_pop_once(Out& out, std::optional<std::uint64_t> limit = std::nullopt,
+                                 std::uint64_t* pushed_at = nullptr) noexcept {
         detail::backoff wait;
         std::uint64_t head = indices_.head.load(std::memory_order_relaxed);
         for (;;) {
@@ -1326,6 +1370,8 @@ class ring_buffer {
                 if (indices_.head.compare_exchange_weak(
                         head, head + step, std::memory_order_seq_cst, std::memory_order_relaxed)) {
                     T* element = s.element();
+                    if (pushed_at != nullptr)
+                        *pushed_at = stamp_of(s);
                     if constexpr (std::is_same_v<Out, T>)
                         out = std::move(*element);
                     else
@@ -1358,6 +1404,8 @@ class ring_buffer {
     indices indices_;
     // Read by every operation, written only at construction.
     alignas(cache_line_size) slot* slots_ = nullptr;
+    // An event_store's push times, one per slot (see record_push_times); usually none.
+    std::unique_ptr<std::uint64_t[]> stamps_;
     std::size_t capacity_;
     std::uint64_t lap_;  // position distance between two visits of a slot
     std::uint64_t start_ = 0;
@@ -2866,6 +2914,10 @@ class dispatcher {
 
 // metrics /////////////////////////////////////////////////////////////////////////////////////
 
+namespace detail {
+class latency_recorder;
+}
+
 /// A histogram of durations with bounded relative error (HdrHistogram's log-linear layout):
 /// one bucket per nanosecond below 64 ns, then 32 buckets per power of two up to 2^36 ns
 /// (68.7 s). A bucket is at most 1/32 of its lower bound wide, so a value read back (the middle
@@ -2987,6 +3039,19 @@ class latency_histogram {
     }
 
   private:
+    friend class detail::latency_recorder;
+
+    /// Replaces what the buckets' midpoints made of the exact figures (a recorder's snapshot).
+    void set_exact(std::uint64_t overflow, std::uint64_t sum, std::uint64_t min,
+                   std::uint64_t max) noexcept {
+        const std::uint64_t tracked = count_ - overflow_;
+        overflow_ = overflow;
+        count_ = tracked + overflow;
+        sum_ = sum;
+        min_ = min;
+        max_ = max;
+    }
+
     [[nodiscard]] static constexpr std::uint64_t width(std::size_t i) noexcept {
         return i < 2 * sub_buckets ? 1 : std::uint64_t{1} << (i / sub_buckets - 1);
     }
@@ -3008,6 +3073,85 @@ static_assert(latency_histogram::bucket_of(latency_histogram::max_tracked_ns) + 
               "the last bucket ends at max_tracked_ns");
 static_assert(latency_histogram::upper_bound(latency_histogram::bucket_count - 1) ==
               latency_histogram::max_tracked_ns);
+
+namespace detail {
+
+/// Where a thread records durations: a latency_histogram's counts as atomics, read (merged into
+/// a latency_histogram) by metrics() on another thread. `exclusive`: only one thread at a time
+/// records here (a worker, the sync lease holder), with a relaxed load and store per count and
+/// no read-modify-write; otherwise each count is a relaxed fetch_add.
+class latency_recorder {
+  public:
+    explicit latency_recorder(bool exclusive) noexcept : exclusive_(exclusive) {}
+
+    void record(std::uint64_t ns) noexcept {
+        add(ns > latency_histogram::max_tracked_ns ? overflow_
+                                                   : counts_[latency_histogram::bucket_of(ns)],
+            1);
+        add(count_, 1);
+        add(sum_, ns);
+        // Rarely written: a load, and a store or CAS only for a new extreme.
+        raise(max_, ns);
+        lower(min_, ns);
+    }
+    /// From `start` (a clock_ns() reading) to now; returns now.
+    std::uint64_t record_since(std::uint64_t start) noexcept {
+        const std::uint64_t now = clock_ns();
+        record(now >= start ? now - start : 0);
+        return now;
+    }
+
+    void read_into(latency_histogram& out) const noexcept {
+        const std::uint64_t n = count_.load(std::memory_order_relaxed);
+        if (n == 0)
+            return;
+        latency_histogram mine;
+        for (std::size_t i = 0; i < latency_histogram::bucket_count; ++i)
+            if (const std::uint64_t c = counts_[i].load(std::memory_order_relaxed))
+                mine.record_ns(latency_histogram::midpoint(i), c);
+        // The exact figures replace the midpoints' (a record in flight may make them differ
+        // by one).
+        mine.set_exact(overflow_.load(std::memory_order_relaxed),
+                       sum_.load(std::memory_order_relaxed), min_.load(std::memory_order_relaxed),
+                       max_.load(std::memory_order_relaxed));
+        out.merge(mine);
+    }
+
+  private:
+    void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+        if (exclusive_)
+            counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+        else
+            counter.fetch_add(n, std::memory_order_relaxed);
+    }
+    void raise(std::atomic<std::uint64_t>& extreme, std::uint64_t ns) noexcept {
+        std::uint64_t seen = extreme.load(std::memory_order_relaxed);
+        while (ns > seen && !extreme.compare_exchange_weak(seen, ns, std::memory_order_relaxed))
+            ;
+    }
+    void lower(std::atomic<std::uint64_t>& extreme, std::uint64_t ns) noexcept {
+        std::uint64_t seen = extreme.load(std::memory_order_relaxed);
+        while (ns < seen && !extreme.compare_exchange_weak(seen, ns, std::memory_order_relaxed))
+            ;
+    }
+
+    const bool exclusive_;
+    std::atomic<std::uint64_t> count_{0};
+    std::atomic<std::uint64_t> sum_{0};
+    std::atomic<std::uint64_t> min_{~std::uint64_t{0}};
+    std::atomic<std::uint64_t> max_{0};
+    std::atomic<std::uint64_t> overflow_{0};
+    std::array<std::atomic<std::uint64_t>, latency_histogram::bucket_count> counts_{};
+};
+
+/// A recording thread's two histograms (see store_metrics).
+struct latency_recorders {
+    explicit latency_recorders(bool exclusive = true) noexcept : wait(exclusive), run(exclusive) {}
+    latency_recorder wait;  // subscribe to the first handler call
+    latency_recorder run;   // each handler call
+};
+
+}  // namespace detail
 
 // hooks and options ///////////////////////////////////////////////////////////////////////////
 
@@ -3037,10 +3181,10 @@ struct store_options {
     std::size_t dead_letter_capacity = 0;
     /// Record how long events wait (`store_metrics::queue_wait`: from subscribe to the start of
     /// their first handler call) and how long handler calls take
-    /// (`store_metrics::handler_duration`). Costs a clock read when an event is accepted, one
-    /// before its handlers and one after each handler call (steady_clock), plus 16 KiB per
-    /// recording thread (each worker; sync mode: two), allocated by the constructor. Off: no
-    /// clock is read.
+    /// (`store_metrics::handler_duration`). Costs a clock read (steady_clock) when an event is
+    /// accepted, one before its handlers and one after each handler call, and 8 bytes per
+    /// ring slot plus 16 KiB per worker and 32 KiB per store, allocated by the constructor.
+    /// Off: no clock is read.
     bool latency_histograms = false;
 };
 
@@ -3076,11 +3220,14 @@ struct store_metrics {
     /// The most events seen waiting in the ring at once, seen when a dispatcher or a worker
     /// takes a batch (at most the capacity).
     std::uint64_t high_water = 0;
-    /// With `store_options::latency_histograms`: from subscribe to the start of the event's
-    /// first handler call, per event handled from the ring (not trigger(), nor retries).
+    /// With `store_options::latency_histograms`: from the moment an event entered the ring
+    /// (its subscribe, commit or replay; a scheduled event's due time) to the start of its
+    /// handling, once per event taken from the ring, unhandled ones included (not trigger(),
+    /// nor retries). At quiescence its count() is `published - dropped`.
     latency_histogram queue_wait;
-    /// With `store_options::latency_histograms`: each handler call (a batch handler's call
-    /// counts once), retries and trigger() included.
+    /// With `store_options::latency_histograms`: each handler call with its before hooks and
+    /// middleware, retries and trigger() included; a batch handler's call counts once. Without
+    /// batch handlers its count() is `processed`.
     latency_histogram handler_duration;
 };
 
@@ -3371,6 +3518,8 @@ struct batch_counts {
     std::uint64_t errors = 0;
     std::uint64_t unhandled = 0;
     std::uint64_t trigger_errors = 0;
+    // Where the dispatching thread records latencies: nullptr unless the store has histograms.
+    latency_recorders* latency = nullptr;
 };
 
 /// A failed handler call, remembered until the event's other handlers have run; then it is
@@ -3425,17 +3574,22 @@ class claimed_batch {
     template <class Ring>
     std::size_t take(Ring& ring, std::uint64_t limit, std::size_t most = capacity) noexcept {
         clear();
-        return size_ = ring.try_pop_batch(limit, most, [this](envelope&& e) noexcept {
-            ::new (static_cast<void*>(storage_ + size_++ * sizeof(envelope)))
-                envelope(std::move(e));
-        });
+        return size_ = ring.try_pop_batch(
+                   limit, most, [this](envelope&& e, std::uint64_t pushed_at) noexcept {
+                       stamps_[size_] = pushed_at;
+                       ::new (static_cast<void*>(storage_ + size_++ * sizeof(envelope)))
+                           envelope(std::move(e));
+                   });
     }
     /// One event (ordered_by_key takes them one at a time).
-    void put(envelope&& e) noexcept {
+    void put(envelope&& e, std::uint64_t pushed_at) noexcept {
         clear();
         ::new (static_cast<void*>(storage_)) envelope(std::move(e));
+        stamps_[0] = pushed_at;
         size_ = 1;
     }
+    /// When each event was accepted (clock_ns), or 0: without latency histograms.
+    [[nodiscard]] const std::uint64_t* stamps() const noexcept { return stamps_; }
     [[nodiscard]] std::span<envelope> events() noexcept {
         return {std::launder(reinterpret_cast<envelope*>(storage_)), size_};
     }
@@ -3448,6 +3602,7 @@ class claimed_batch {
 
   private:
     alignas(envelope) std::byte storage_[capacity * sizeof(envelope)];
+    std::uint64_t stamps_[capacity];
     std::size_t size_ = 0;
 };
 
@@ -3566,17 +3721,23 @@ class dispatch_core {
     /// pin_registry): two read-modify-writes per batch, none per handler call. Returns the
     /// transactions' completions, to be told (`complete`) once the counts are published, so that
     /// a committer that returns sees its events counted.
+    /// `stamps`: when each event was accepted (clock_ns, 0: unknown), for the queue-wait
+    /// histogram; read only when `counts.latency` is set.
     [[nodiscard]] completions run(std::span<envelope> batch, handler_view& view,
-                                  batch_counts& counts) {
-        // Batch handlers form runs; without them the loop does not look for any.
-        return view.batching ? run_batch<true>(batch, view, counts)
-                             : run_batch<false>(batch, view, counts);
+                                  batch_counts& counts, const std::uint64_t* stamps = nullptr) {
+        // Latency histograms read the clock in a loop of their own; batch handlers form runs,
+        // and without them the loop does not look for any.
+        if (counts.latency != nullptr) [[unlikely]]
+            return view.batching ? run_batch<true, true>(batch, view, counts, stamps)
+                                 : run_batch<false, true>(batch, view, counts, stamps);
+        return view.batching ? run_batch<true, false>(batch, view, counts, nullptr)
+                             : run_batch<false, false>(batch, view, counts, nullptr);
     }
 
   private:
-    template <bool Batching>
+    template <bool Batching, bool Timed>
     [[nodiscard]] completions run_batch(std::span<envelope> batch, handler_view& view,
-                                        batch_counts& counts) {
+                                        batch_counts& counts, const std::uint64_t* stamps) {
         completions done;
         const pin_guard pin(pins());
         const bool plain = view.hooks->empty();
@@ -3584,6 +3745,8 @@ class dispatch_core {
             envelope& env = batch[i];
             if constexpr (Batching) {
                 if (const std::size_t n = run_of(batch.subspan(i), view); n > 1) {
+                    if constexpr (Timed)
+                        record_waits(counts, stamps, i, n);
                     dispatch_run(batch.subspan(i, n), view, counts, pin);
                     i += n - 1;
                     continue;
@@ -3595,12 +3758,20 @@ class dispatch_core {
                 // Handlers removed since the table was read are skipped: if that leaves none,
                 // the event is unhandled.
                 const handler_view::handler_list* handlers = view.handlers_of(env);
-                if (handlers != nullptr && call_plain(*handlers, env, counts, pin, &view))
+                if (handlers != nullptr &&
+                    call_plain<Timed>(*handlers, env, counts, pin, &view,
+                                      Timed && stamps != nullptr ? stamps[i] : 0)) {
                     ++counts.handled;
-                else
+                } else {
+                    if constexpr (Timed)
+                        if (handlers == nullptr)
+                            record_waits(counts, stamps, i, 1);
                     ++counts.unhandled;
+                }
                 continue;
             }
+            if constexpr (Timed)
+                record_waits(counts, stamps, i, 1);
             const std::uint64_t errors_before = counts.errors;
             const envelope& content = env.content();
             view.current_event = &env;
@@ -3615,6 +3786,17 @@ class dispatch_core {
         if (!view.failures.empty()) [[unlikely]]
             settle_each(batch, view);
         return done;
+    }
+
+    // Queue waits of events [first, first + n) of a batch, which start being handled now.
+    static void record_waits(batch_counts& counts, const std::uint64_t* stamps, std::size_t first,
+                             std::size_t n) noexcept {
+        if (stamps == nullptr)
+            return;
+        const std::uint64_t now = clock_ns();
+        for (std::size_t k = first; k < first + n; ++k)
+            if (stamps[k] != 0)
+                counts.latency->wait.record(now >= stamps[k] ? now - stamps[k] : 0);
     }
 
   public:
@@ -3696,6 +3878,17 @@ class dispatch_core {
     [[nodiscard]] std::uint64_t retried() const noexcept {
         return retried_.load(std::memory_order_relaxed);
     }
+    /// A dispatcher or worker about to take a batch saw `depth` events waiting: a load, and a
+    /// CAS only for a new high-water mark (its line is read-mostly).
+    void note_depth(std::uint64_t depth) noexcept {
+        std::uint64_t seen = high_water_.load(std::memory_order_relaxed);
+        while (depth > seen &&
+               !high_water_.compare_exchange_weak(seen, depth, std::memory_order_relaxed))
+            ;
+    }
+    [[nodiscard]] std::uint64_t high_water() const noexcept {
+        return high_water_.load(std::memory_order_relaxed);
+    }
     [[nodiscard]] std::uint64_t dead_lettered() const noexcept {
         return dead_lettered_.load(std::memory_order_relaxed);
     }
@@ -3755,8 +3948,12 @@ class dispatch_core {
                     }
             } else if (hooks.empty()) {
                 // A transaction's or trigger's typed event.
-                reached = call_plain(*handlers, ev.type_, ev.payload_, counts, pin, ctx,
-                                     attempt != 0 ? &view : nullptr);
+                handler_view* failures = attempt != 0 ? &view : nullptr;
+                reached = counts.latency != nullptr
+                              ? call_plain<true>(*handlers, ev.type_, ev.payload_, counts, pin, ctx,
+                                                 failures)
+                              : call_plain<false>(*handlers, ev.type_, ev.payload_, counts, pin,
+                                                  ctx, failures);
             } else {
                 // Hooks and middleware of the `event` forms see a stand-in for a typed event,
                 // with its key only (it allocates nothing).
@@ -3781,18 +3978,30 @@ class dispatch_core {
     // A typed event without hooks: straight to each handler; nobody wants the results.
     // Whether any handler was still there to call.
     // `failures` (nullptr for trigger) receives the failed calls, as first attempts.
+    // Timed: records each call's duration in counts.latency, and the event's queue wait if
+    // `pushed_at` (clock_ns when it was accepted) is not 0; one clock read per call and one more.
+    template <bool Timed>
     EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
                                            const envelope& ev, batch_counts& counts,
-                                           const pin_guard& pin, handler_view* failures) {
-        return call_plain(handlers, ev.type(), ev.payload(), counts, pin, handler_ctx_, failures,
-                          &ev);
+                                           const pin_guard& pin, handler_view* failures,
+                                           std::uint64_t pushed_at) {
+        return call_plain<Timed>(handlers, ev.type(), ev.payload(), counts, pin, handler_ctx_,
+                                 failures, &ev, pushed_at);
     }
+    template <bool Timed>
     EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
                                            const void* type, const void* payload,
                                            batch_counts& counts, const pin_guard& pin,
                                            const context& ctx, handler_view* failures,
-                                           const envelope* where = nullptr) {
+                                           const envelope* where = nullptr,
+                                           [[maybe_unused]] std::uint64_t pushed_at = 0) {
         const std::uint64_t before = counts.processed;
+        [[maybe_unused]] std::uint64_t clock = 0;
+        if constexpr (Timed) {
+            clock = clock_ns();
+            if (pushed_at != 0)
+                counts.latency->wait.record(clock >= pushed_at ? clock - pushed_at : 0);
+        }
         for (const auto& target : handlers) {
             const handler_entry& entry = *target;
             if (!pin.enter(entry))
@@ -3806,6 +4015,9 @@ class dispatch_core {
                                     where != nullptr ? where : failures->current_event);
             }
             ++counts.processed;
+            // A call ends where the next begins: one clock read per call.
+            if constexpr (Timed)
+                clock = counts.latency->run.record_since(clock);
         }
         return counts.processed != before;
     }
@@ -3908,11 +4120,14 @@ class dispatch_core {
             if (target->batch.invoke != nullptr) {
                 reached = all;
                 std::exception_ptr error;
+                const std::uint64_t start = counts.latency != nullptr ? clock_ns() : 0;
                 try {
                     target->batch.invoke(target->call.fn.get(), handler_ctx_, buffer, n);
                 } catch (...) {
                     error = std::current_exception();
                 }
+                if (counts.latency != nullptr)
+                    (void)counts.latency->run.record_since(start);
                 counts.processed += n;
                 if (!error)
                     continue;
@@ -3935,12 +4150,15 @@ class dispatch_core {
                 view.current_event = &run[k];
                 const event_view ev(projection, type, payload(k));
                 if (hooks.empty()) {
+                    const std::uint64_t start = counts.latency != nullptr ? clock_ns() : 0;
                     try {
                         target->call(handler_ctx_, type, payload(k), nullptr);
                     } catch (...) {
                         ++counts.errors;
                         note_failure(view, target, std::current_exception(), 1, &run[k]);
                     }
+                    if (counts.latency != nullptr)
+                        (void)counts.latency->run.record_since(start);
                     ++counts.processed;
                 } else {
                     run_one(target, ev, type != nullptr ? *stand_in : dynamic_at(k), hooks, counts,
@@ -4131,6 +4349,8 @@ class dispatch_core {
         const handler_entry& target = *entry;
         result outcome;
         std::exception_ptr error;
+        // The call's duration includes its before hooks and middleware.
+        const std::uint64_t start = counts.latency != nullptr ? clock_ns() : 0;
         try {
             if (hooks.empty()) {
                 target.call(ctx, view.type_, view.payload_, nullptr);
@@ -4143,6 +4363,8 @@ class dispatch_core {
         } catch (...) {
             error = std::current_exception();
         }
+        if (counts.latency != nullptr)
+            (void)counts.latency->run.record_since(start);
         ++counts.processed;
         if (error)
             ++counts.errors;
@@ -4194,6 +4416,7 @@ class dispatch_core {
     mutable std::mutex letters_mutex_;
     mutable std::vector<dead_letter> letters_;
     mutable std::size_t letters_oldest_ = 0;
+    alignas(cache_line_size) std::atomic<std::uint64_t> high_water_{0};
 
     static std::uint64_t next_id() noexcept {
         static std::atomic<std::uint64_t> last{0};
@@ -4227,14 +4450,20 @@ template <class Ring>
 class worker_pool {
   public:
     // `max_parked` > 0: ordered_by_key, with that many parking places.
+    // `latency`: each worker records latency histograms of its own.
     worker_pool(Ring& ring, dispatch_core& core, const void* store, std::size_t count,
-                std::size_t max_parked)
+                std::size_t max_parked, bool latency)
         : ring_(ring)
         , core_(core)
         , store_(store)
         , count_(count)
         , state_(std::make_unique<worker_state[]>(count))
         , eligible_(ring.mark()) {
+        if (latency) {
+            latency_ = std::make_unique<latency_recorders[]>(count);
+            for (std::size_t i = 0; i < count; ++i)
+                state_[i].latency = &latency_[i];
+        }
         if (max_parked != 0) {
             stripes_ = std::make_unique<stripe[]>(stripe_count);
             // Also for one worker: a key waiting for a retry keeps its stripe.
@@ -4326,6 +4555,16 @@ class worker_pool {
 
     [[nodiscard]] std::size_t size() const noexcept { return count_; }
 
+    /// The workers' latency histograms, merged into `wait` and `run`.
+    void read_latency(latency_histogram& wait, latency_histogram& run) const noexcept {
+        if (!latency_)
+            return;
+        for (std::size_t i = 0; i < count_; ++i) {
+            latency_[i].wait.read_into(wait);
+            latency_[i].run.read_into(run);
+        }
+    }
+
     /// The workers' counters, summed.
     [[nodiscard]] batch_counts counts() const noexcept {
         batch_counts sum;
@@ -4348,6 +4587,7 @@ class worker_pool {
         std::atomic<std::uint64_t> handled{0};
         std::atomic<std::uint64_t> errors{0};
         std::atomic<std::uint64_t> unhandled{0};
+        latency_recorders* latency = nullptr;  // this worker's, with latency histograms
 
         // Only this worker writes them: a load and a store, no shared RMW.
         void add(const batch_counts& c) noexcept {
@@ -4394,11 +4634,12 @@ class worker_pool {
         /// Also when it has no place: then nothing may be parked.
         [[nodiscard]] bool full() const noexcept { return free_ == none; }
 
-        void park(stripe& lane, envelope&& ev) noexcept {
+        void park(stripe& lane, envelope&& ev, std::uint64_t pushed_at) noexcept {
             const std::size_t at = free_;
             place& p = places_[at];
             free_ = p.next;
             p.event.emplace(std::move(ev));
+            p.pushed_at = pushed_at;
             p.next = none;
             if (lane.last == none)
                 lane.first = at;
@@ -4407,9 +4648,10 @@ class worker_pool {
             lane.last = at;
         }
         /// The oldest event parked on `lane` (which has one); its place is free again.
-        [[nodiscard]] envelope take(stripe& lane) noexcept {
+        [[nodiscard]] envelope take(stripe& lane, std::uint64_t& pushed_at) noexcept {
             const std::size_t at = lane.first;
             place& p = places_[at];
+            pushed_at = p.pushed_at;
             lane.first = p.next;
             if (lane.first == none)
                 lane.last = none;
@@ -4424,6 +4666,7 @@ class worker_pool {
         struct place {
             std::optional<envelope> event;
             std::size_t next = none;
+            std::uint64_t pushed_at = 0;  // for the queue-wait histogram
         };
         std::unique_ptr<place[]> places_;
         std::size_t free_ = none;
@@ -4463,14 +4706,16 @@ class worker_pool {
                    stripe*& lane) {
         core_.refresh(view);
         batch_counts counts;
+        counts.latency = me.latency;
         core_.run_retry(job, view, counts);
         me.add(counts);
         lane = static_cast<stripe*>(job.lane);
         const bool kept = std::exchange(view.lane_kept, false);
         view.lane = nullptr;
         if (lane != nullptr && !kept) {
-            if (std::optional<envelope> next = next_parked(*lane))
-                batch.put(std::move(*next));
+            std::uint64_t pushed_at = 0;
+            if (std::optional<envelope> next = next_parked(*lane, pushed_at))
+                batch.put(std::move(*next), pushed_at);
         }
         core_.retry_finished();
         if (closing_.load(std::memory_order_seq_cst))
@@ -4520,15 +4765,17 @@ class worker_pool {
                 view.lane = lane;
                 view.lane_position = me.position.load(std::memory_order_relaxed);
                 batch_counts counts;
-                const completions done = core_.run(batch.events(), view, counts);
+                counts.latency = me.latency;
+                const completions done = core_.run(batch.events(), view, counts, batch.stamps());
                 me.add(counts);
                 dispatch_core::complete(batch.events(), done);
                 batch.clear();  // the events die before drain() can see them finished
                 view.lane = nullptr;
                 // Ordered mode: a retry now holds the stripe; its later events stay parked.
                 if (lane != nullptr && !std::exchange(view.lane_kept, false)) {
-                    if (std::optional<envelope> next = next_parked(*lane))
-                        batch.put(std::move(*next));
+                    std::uint64_t pushed_at = 0;
+                    if (std::optional<envelope> next = next_parked(*lane, pushed_at))
+                        batch.put(std::move(*next), pushed_at);
                 }
             }
             release_taking(me);
@@ -4573,8 +4820,9 @@ class worker_pool {
                 // A fair share of what is eligible, so that a slow handler holds up as few
                 // events as possible while other workers idle; a full batch under load.
                 const std::uint64_t limit = eligible_.load(std::memory_order_seq_cst);
-                const std::uint64_t share =
-                    (Ring::distance(ring_.consumed_mark(), limit) + count_ - 1) / count_;
+                const std::uint64_t waiting = Ring::distance(ring_.consumed_mark(), limit);
+                core_.note_depth(waiting);
+                const std::uint64_t share = (waiting + count_ - 1) / count_;
                 const std::size_t n =
                     batch.take(ring_, limit,
                                static_cast<std::size_t>(std::clamp<std::uint64_t>(share, 1, 64)));
@@ -4586,19 +4834,23 @@ class worker_pool {
                 return took::events;
             }
             std::optional<envelope> ev;
+            std::uint64_t pushed_at = 0;
             bool parked = false;
             bool blocked = false;
             {
                 std::lock_guard lock(pop_mutex_);
-                if (lot_.full())
+                if (lot_.full()) {
                     blocked = true;  // the event popped might have to be parked: pop nothing
-                else
-                    ev = ring_.try_pop_before(eligible_.load(std::memory_order_seq_cst));
+                } else {
+                    const std::uint64_t limit = eligible_.load(std::memory_order_seq_cst);
+                    core_.note_depth(Ring::distance(ring_.consumed_mark(), limit));
+                    ev = ring_.try_pop_before_stamped(limit, pushed_at);
+                }
                 if (ev) {
                     stripe& owner =
                         stripes_[std::hash<key>{}(ev->content().projection()) % stripe_count];
                     if (owner.owned) {
-                        lot_.park(owner, std::move(*ev));
+                        lot_.park(owner, std::move(*ev), pushed_at);
                         ev.reset();
                         parked = true;
                     } else {
@@ -4608,7 +4860,7 @@ class worker_pool {
                 }
             }
             if (ev) {
-                batch.put(std::move(*ev));
+                batch.put(std::move(*ev), pushed_at);
                 wake_helper(eligible_.load(std::memory_order_seq_cst));
                 return took::events;
             }
@@ -4622,7 +4874,7 @@ class worker_pool {
 
     // Ordered mode: the next event parked on the stripe this worker owns, or none (and the
     // stripe is let go). Freeing a place of a full lot wakes the workers waiting for one.
-    std::optional<envelope> next_parked(stripe& lane) {
+    std::optional<envelope> next_parked(stripe& lane, std::uint64_t& pushed_at) {
         std::optional<envelope> ev;
         bool was_full = false;
         {
@@ -4632,7 +4884,7 @@ class worker_pool {
                 return ev;
             }
             was_full = lot_.full();
-            ev.emplace(lot_.take(lane));
+            ev.emplace(lot_.take(lane, pushed_at));
         }
         // A waiter registered (seq_cst RMW) before its check under the lock, which came before
         // this free: the load in notify_one_if_waiting sees it. One is enough: any sleeper
@@ -4647,6 +4899,7 @@ class worker_pool {
     const void* store_;
     std::size_t count_;  // workers (threads_ is still filling while the first ones run)
     std::unique_ptr<worker_state[]> state_;
+    std::unique_ptr<latency_recorders[]> latency_;  // one per worker, with latency histograms
     alignas(cache_line_size) std::atomic<std::uint64_t> eligible_;  // publish()'s mark
     std::atomic<bool> closing_{false};
     std::atomic<std::size_t> exited_{0};
@@ -4962,6 +5215,11 @@ class event_store {
         , core_(handlers)
         , options_(options) {
         core_.set_retries(&schedule_retry, this, options_.dead_letter_capacity);
+        if (options_.latency_histograms) {
+            ring_.record_push_times();
+            leased_latency_ = std::make_unique<detail::latency_recorders>(true);
+            shared_latency_ = std::make_unique<detail::latency_recorders>(false);
+        }
         if (!options_.async)
             return;
         if (options_.workers == 0)
@@ -4973,8 +5231,8 @@ class event_store {
         if (options_.ordered_by_key && options_.max_parked == 0)
             options_.max_parked = std::min<std::size_t>(capacity, 4096);
         pool_ = std::make_unique<detail::worker_pool<ring_type>>(
-            ring_, core_, this, options_.workers,
-            options_.ordered_by_key ? options_.max_parked : 0);
+            ring_, core_, this, options_.workers, options_.ordered_by_key ? options_.max_parked : 0,
+            options_.latency_histograms);
     }
 
     event_store(const event_store&) = delete;
@@ -5082,17 +5340,27 @@ class event_store {
 
     // Subscribe's and commit's push. From inside one of this store's handlers a full block
     // store does not wait (the handler's thread may be the one that has to make room): it
-    // tries once and answers errc::would_deadlock for a full ring.
+    // tries once and answers errc::would_deadlock for a full ring. A refusal counts `events`
+    // in `rejected`.
     template <class TryPush, class WaitingPush>
     EVENTBUS_ALWAYS_INLINE std::error_code push_or_refuse(TryPush&& try_push,
-                                                          WaitingPush&& waiting_push) {
+                                                          WaitingPush&& waiting_push,
+                                                          std::uint64_t events = 1) {
+        std::error_code error;
         if constexpr (std::same_as<Policy, block>) {
             if (detail::inside_dispatch_of(this)) {
-                const std::error_code error = try_push();
-                return error == errc::buffer_full ? std::error_code(errc::would_deadlock) : error;
+                error = try_push();
+                if (error == errc::buffer_full)
+                    error = errc::would_deadlock;
+            } else {
+                error = waiting_push();
             }
+        } else {
+            error = waiting_push();
         }
-        return waiting_push();
+        if (error) [[unlikely]]
+            rejected_.fetch_add(events, std::memory_order_relaxed);
+        return error;
     }
 
     // Sync: waits until no thread is dispatching.
@@ -5116,6 +5384,7 @@ class event_store {
         detail::handler_view& view = scope.leased() ? view_ : own;
         core_.refresh(view);
         detail::batch_counts counts;
+        counts.latency = recorders(scope.leased());
         core_.run_now(ev, view, counts, ctx);
         const bool failed = counts.errors != 0;
         add(counts, scope.leased(), 1);
@@ -5238,8 +5507,17 @@ class event_store {
         m.retried = core_.retried();
         m.dead_lettered = core_.dead_lettered();
         m.dead_letters_dropped = core_.dead_letters_dropped();
+        m.rejected = rejected_.load(std::memory_order_relaxed);
         m.depth = ring_.approx_size();
+        m.high_water = std::max<std::uint64_t>(core_.high_water(), m.depth);
+        if (leased_latency_) {
+            leased_latency_->wait.read_into(m.queue_wait);
+            leased_latency_->run.read_into(m.handler_duration);
+            shared_latency_->wait.read_into(m.queue_wait);
+            shared_latency_->run.read_into(m.handler_duration);
+        }
         if (pool_) {
+            pool_->read_latency(m.queue_wait, m.handler_duration);
             const detail::batch_counts workers = pool_->counts();
             m.processed += workers.processed;
             m.handled += workers.handled;
@@ -5368,13 +5646,16 @@ class event_store {
         detail::handler_view& view = scope.leased() ? view_ : own;
         core_.refresh(view);
         detail::batch_counts counts;
+        counts.latency = recorders(scope.leased());
         detail::claimed_batch batch;
         const std::uint64_t limit = mark ? *mark : ring_.mark();
+        core_.note_depth(ring_type::distance(ring_.consumed_mark(), limit));
         while (batch.take(ring_, limit) != 0) {
-            const detail::completions done = core_.run(batch.events(), view, counts);
+            const detail::completions done =
+                core_.run(batch.events(), view, counts, batch.stamps());
             if (done.any) {
                 add(counts, scope.leased());  // a committer that returns sees them counted
-                counts = {};
+                counts = detail::batch_counts{.latency = counts.latency};
                 detail::dispatch_core::complete(batch.events(), done);
             }
             batch.clear();  // the events die here, before the next batch is taken
@@ -5382,6 +5663,12 @@ class event_store {
         add(counts, scope.leased());
         if (scope.leased() && !view.permanent)
             view.release_table();  // it may hold removable handlers: not kept while idle
+    }
+
+    // Where this thread records latencies (nullptr without histograms): the lease holder alone
+    // writes its own, the others share one.
+    [[nodiscard]] detail::latency_recorders* recorders(bool leased) const noexcept {
+        return leased ? leased_latency_.get() : shared_latency_.get();
     }
 
     void add(const detail::batch_counts& counts, bool leased,
@@ -5560,6 +5847,7 @@ class event_store {
         detail::handler_view own;
         core_.refresh(own);
         detail::batch_counts counts;
+        counts.latency = recorders(false);
         try {
             core_.run_retry(*job, own, counts);
         } catch (...) {
@@ -5600,6 +5888,11 @@ class event_store {
     std::atomic<std::uint64_t> unhandled_{0};
     std::atomic<std::uint64_t> triggered_{0};
     std::atomic<std::uint64_t> trigger_errors_{0};
+    std::atomic<std::uint64_t> rejected_{0};
+    // Latency histograms (store_options::latency_histograms): the sync lease holder's, and the
+    // one that other dispatching threads (and trigger, and the timer's retries) share.
+    std::unique_ptr<detail::latency_recorders> leased_latency_;
+    std::unique_ptr<detail::latency_recorders> shared_latency_;
     // Sync: the lease holder's copies of the table and hooks, kept between publishes, and its
     // counters (added to the shared ones by metrics()).
     alignas(cache_line_size) detail::handler_view view_;
@@ -5691,9 +5984,9 @@ class event_store<Policy>::transaction {
             return errc::would_deadlock;
         // Nothing else holds the record yet: the count is published by push_n's release.
         record_->remaining.store(events_.size(), std::memory_order_relaxed);
-        if (const std::error_code error =
-                store_->push_or_refuse([&]() noexcept { return store_->ring_.try_push_n(events_); },
-                                       [&] { return store_->ring_.push_n(ctx, events_); }))
+        if (const std::error_code error = store_->push_or_refuse(
+                [&]() noexcept { return store_->ring_.try_push_n(events_); },
+                [&] { return store_->ring_.push_n(ctx, events_); }, events_.size()))
             return error;  // nothing enqueued; the transaction stays open
         events_.clear();   // moved-from envelopes
         open_ = false;
