@@ -32,6 +32,10 @@
 //                                each publish()'s 64 events reach it as one std::span (one
 //                                type-erased call per run; the lambda is called per element
 //                                inside it, so that call can be inlined).
+//     eventbus_latency_histograms the first with store_options{.latency_histograms = true}:
+//                                a clock read per subscribe, one per event before its handler
+//                                and one after it, and the histograms' counts (the cost of
+//                                store_metrics::queue_wait and handler_duration).
 //     mutex_deque_bus            REFERENCE. The bus a user writes by hand: subscribe = lock a
 //                                std::mutex, push_back into a std::deque<price_tick>, unlock;
 //                                publish = lock, swap the deque out into a local one, unlock, then
@@ -50,6 +54,7 @@
 //                                store_options{.async = true, .workers = 1}; subscribe waits while
 //                                the ring is full; drain = store.drain(ctx).
 //     eventbus_single_producer   the same plus .single_producer = true.
+//     eventbus_latency_histograms the first plus .latency_histograms = true.
 //     mutex_cv_queue             REFERENCE (with moodycamel_blocking: the faster of the two). A
 //                                std::deque<price_tick> under a std::mutex, bounded to 1024
 //                                queued (the producer waits on a not-full std::condition_variable;
@@ -177,13 +182,14 @@ void check_sink(benchmark::State& state, const sink& s, std::int64_t events) {
 
 // Sync /////////////////////////////////////////////////////////////////////////////////////////
 
-template <bool KeepRegistration, bool SingleProducer, bool SharedTail = false>
+template <bool KeepRegistration, bool SingleProducer, bool SharedTail = false, bool Latency = false>
 class eventbus_sync {
   public:
     explicit eventbus_sync(sink& s)
         : registration_(register_handler(dispatcher_, make_handler(s)))
         , store_(dispatcher_, capacity,
-                 eventbus::store_options{.single_producer = SingleProducer}) {
+                 eventbus::store_options{.single_producer = SingleProducer,
+                                         .latency_histograms = Latency}) {
         if constexpr (SharedTail) {
             // A second producing thread ends the first producer's ownership of the tail: from
             // then on every subscribe claims its slot by CAS. Its event is handled (and
@@ -320,13 +326,15 @@ void bm_sync_typed(benchmark::State& state) {
 
 // Async ////////////////////////////////////////////////////////////////////////////////////////
 
-template <bool SingleProducer>
+template <bool SingleProducer, bool Latency = false>
 class eventbus_async {
   public:
     explicit eventbus_async(sink& s)
         : store_(register_handler(dispatcher_, s), capacity,
-                 eventbus::store_options{
-                     .async = true, .workers = 1, .single_producer = SingleProducer}) {}
+                 eventbus::store_options{.async = true,
+                                         .workers = 1,
+                                         .single_producer = SingleProducer,
+                                         .latency_histograms = Latency}) {}
 
     bool subscribe(price_tick t) { return !store_.subscribe(ctx_, std::move(t)); }
     void publish() { store_.publish(); }
@@ -512,6 +520,8 @@ void register_benchmarks() {
                                  bm_sync_typed<eventbus_sync<false, true>>);
     benchmark::RegisterBenchmark("BM_SyncTyped/eventbus_batch_handler",
                                  bm_sync_typed<eventbus_sync_batch>);
+    benchmark::RegisterBenchmark("BM_SyncTyped/eventbus_latency_histograms",
+                                 bm_sync_typed<eventbus_sync<false, false, false, true>>);
     benchmark::RegisterBenchmark("BM_SyncTyped/mutex_deque_bus", bm_sync_typed<mutex_deque_bus>);
     benchmark::RegisterBenchmark("BM_SyncTyped/std_function_floor",
                                  bm_sync_typed<std_function_floor>);
@@ -520,6 +530,9 @@ void register_benchmarks() {
         ->UseRealTime();
     benchmark::RegisterBenchmark("BM_AsyncTyped/eventbus_single_producer",
                                  bm_async_typed<eventbus_async<true>>)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark("BM_AsyncTyped/eventbus_latency_histograms",
+                                 bm_async_typed<eventbus_async<false, true>>)
         ->UseRealTime();
     benchmark::RegisterBenchmark("BM_AsyncTyped/mutex_cv_queue", bm_async_typed<mutex_cv_queue>)
         ->UseRealTime();
