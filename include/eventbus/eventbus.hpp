@@ -3520,6 +3520,9 @@ struct batch_counts {
     std::uint64_t trigger_errors = 0;
     // Where the dispatching thread records latencies: nullptr unless the store has histograms.
     latency_recorders* latency = nullptr;
+    // With `latency`: the thread's last clock reading in this batch (0: none yet). A handler
+    // call ends where the next event's handling begins, so one reading serves both.
+    std::uint64_t clock = 0;
 };
 
 /// A failed handler call, remembered until the event's other handlers have run; then it is
@@ -3570,16 +3573,22 @@ class claimed_batch {
     claimed_batch& operator=(const claimed_batch&) = delete;
     ~claimed_batch() { clear(); }
 
-    /// Takes up to `most` (at most `capacity`) events of positions before `limit` from `ring`.
+    /// Takes up to `most` (at most `capacity`) events of positions before `limit` from `ring`;
+    /// `stamped`: with their push times (see `stamps`).
     template <class Ring>
-    std::size_t take(Ring& ring, std::uint64_t limit, std::size_t most = capacity) noexcept {
+    std::size_t take(Ring& ring, std::uint64_t limit, std::size_t most, bool stamped) noexcept {
         clear();
-        return size_ = ring.try_pop_batch(
-                   limit, most, [this](envelope&& e, std::uint64_t pushed_at) noexcept {
-                       stamps_[size_] = pushed_at;
-                       ::new (static_cast<void*>(storage_ + size_++ * sizeof(envelope)))
-                           envelope(std::move(e));
-                   });
+        if (stamped) [[unlikely]]
+            return size_ = ring.try_pop_batch(
+                       limit, most, [this](envelope&& e, std::uint64_t pushed_at) noexcept {
+                           stamps_[size_] = pushed_at;
+                           ::new (static_cast<void*>(storage_ + size_++ * sizeof(envelope)))
+                               envelope(std::move(e));
+                       });
+        return size_ = ring.try_pop_batch(limit, most, [this](envelope&& e) noexcept {
+            ::new (static_cast<void*>(storage_ + size_++ * sizeof(envelope)))
+                envelope(std::move(e));
+        });
     }
     /// One event (ordered_by_key takes them one at a time).
     void put(envelope&& e, std::uint64_t pushed_at) noexcept {
@@ -3588,7 +3597,7 @@ class claimed_batch {
         stamps_[0] = pushed_at;
         size_ = 1;
     }
-    /// When each event was accepted (clock_ns), or 0: without latency histograms.
+    /// When each event was taken `stamped` (or put) was accepted: clock_ns, 0 if unknown.
     [[nodiscard]] const std::uint64_t* stamps() const noexcept { return stamps_; }
     [[nodiscard]] std::span<envelope> events() noexcept {
         return {std::launder(reinterpret_cast<envelope*>(storage_)), size_};
@@ -3602,7 +3611,7 @@ class claimed_batch {
 
   private:
     alignas(envelope) std::byte storage_[capacity * sizeof(envelope)];
-    std::uint64_t stamps_[capacity];
+    std::uint64_t stamps_[capacity];  // set only by a stamped take, and put
     std::size_t size_ = 0;
 };
 
@@ -3741,6 +3750,8 @@ class dispatch_core {
         completions done;
         const pin_guard pin(pins());
         const bool plain = view.hooks->empty();
+        if constexpr (Timed)
+            counts.clock = clock_ns();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             envelope& env = batch[i];
             if constexpr (Batching) {
@@ -3788,12 +3799,13 @@ class dispatch_core {
         return done;
     }
 
-    // Queue waits of events [first, first + n) of a batch, which start being handled now.
+    // Queue waits of events [first, first + n) of a batch, which start being handled now (the
+    // thread's last clock reading).
     static void record_waits(batch_counts& counts, const std::uint64_t* stamps, std::size_t first,
                              std::size_t n) noexcept {
         if (stamps == nullptr)
             return;
-        const std::uint64_t now = clock_ns();
+        const std::uint64_t now = counts.clock != 0 ? counts.clock : clock_ns();
         for (std::size_t k = first; k < first + n; ++k)
             if (stamps[k] != 0)
                 counts.latency->wait.record(now >= stamps[k] ? now - stamps[k] : 0);
@@ -3979,7 +3991,8 @@ class dispatch_core {
     // Whether any handler was still there to call.
     // `failures` (nullptr for trigger) receives the failed calls, as first attempts.
     // Timed: records each call's duration in counts.latency, and the event's queue wait if
-    // `pushed_at` (clock_ns when it was accepted) is not 0; one clock read per call and one more.
+    // `pushed_at` (clock_ns when it was accepted) is not 0: one clock read per call, the start
+    // being the thread's last reading (counts.clock).
     template <bool Timed>
     EVENTBUS_ALWAYS_INLINE bool call_plain(const handler_view::handler_list& handlers,
                                            const envelope& ev, batch_counts& counts,
@@ -3998,7 +4011,7 @@ class dispatch_core {
         const std::uint64_t before = counts.processed;
         [[maybe_unused]] std::uint64_t clock = 0;
         if constexpr (Timed) {
-            clock = clock_ns();
+            clock = counts.clock != 0 ? counts.clock : clock_ns();
             if (pushed_at != 0)
                 counts.latency->wait.record(clock >= pushed_at ? clock - pushed_at : 0);
         }
@@ -4019,6 +4032,8 @@ class dispatch_core {
             if constexpr (Timed)
                 clock = counts.latency->run.record_since(clock);
         }
+        if constexpr (Timed)
+            counts.clock = clock;
         return counts.processed != before;
     }
 
@@ -4127,7 +4142,7 @@ class dispatch_core {
                     error = std::current_exception();
                 }
                 if (counts.latency != nullptr)
-                    (void)counts.latency->run.record_since(start);
+                    counts.clock = counts.latency->run.record_since(start);
                 counts.processed += n;
                 if (!error)
                     continue;
@@ -4158,7 +4173,7 @@ class dispatch_core {
                         note_failure(view, target, std::current_exception(), 1, &run[k]);
                     }
                     if (counts.latency != nullptr)
-                        (void)counts.latency->run.record_since(start);
+                        counts.clock = counts.latency->run.record_since(start);
                     ++counts.processed;
                 } else {
                     run_one(target, ev, type != nullptr ? *stand_in : dynamic_at(k), hooks, counts,
@@ -4364,7 +4379,7 @@ class dispatch_core {
             error = std::current_exception();
         }
         if (counts.latency != nullptr)
-            (void)counts.latency->run.record_since(start);
+            counts.clock = counts.latency->run.record_since(start);
         ++counts.processed;
         if (error)
             ++counts.errors;
@@ -4823,9 +4838,9 @@ class worker_pool {
                 const std::uint64_t waiting = Ring::distance(ring_.consumed_mark(), limit);
                 core_.note_depth(waiting);
                 const std::uint64_t share = (waiting + count_ - 1) / count_;
-                const std::size_t n =
-                    batch.take(ring_, limit,
-                               static_cast<std::size_t>(std::clamp<std::uint64_t>(share, 1, 64)));
+                const std::size_t n = batch.take(
+                    ring_, limit, static_cast<std::size_t>(std::clamp<std::uint64_t>(share, 1, 64)),
+                    latency_ != nullptr);
                 if (n == 0) {
                     release_taking(me);
                     return took::nothing;
@@ -5650,7 +5665,8 @@ class event_store {
         detail::claimed_batch batch;
         const std::uint64_t limit = mark ? *mark : ring_.mark();
         core_.note_depth(ring_type::distance(ring_.consumed_mark(), limit));
-        while (batch.take(ring_, limit) != 0) {
+        while (batch.take(ring_, limit, detail::claimed_batch::capacity,
+                          leased_latency_ != nullptr) != 0) {
             const detail::completions done =
                 core_.run(batch.events(), view, counts, batch.stamps());
             if (done.any) {
