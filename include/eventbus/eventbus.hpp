@@ -1019,13 +1019,26 @@ class ring_buffer {
     friend class detail::worker_pool;
     void record_push_times() {
         stamps_ = std::make_unique<std::uint64_t[]>(capacity_);
+        constexpr std::size_t per_line = cache_line_size / sizeof(std::uint64_t);
+        stamp_shift_ = capacity_ >= per_line * per_line
+                           ? static_cast<unsigned>(std::bit_width(capacity_ / per_line) - 1)
+                           : 0;
+    }
+    // Neighbouring slots' times on different cache lines (the slots' own transpose), so that a
+    // producer's stamp does not share a line with the stamps consumers are reading.
+    [[nodiscard]] std::size_t stamp_index(const slot& s) const noexcept {
+        constexpr std::size_t per_line = cache_line_size / sizeof(std::uint64_t);
+        const auto i = static_cast<std::size_t>(&s - slots_);
+        if (stamp_shift_ == 0)
+            return i;
+        return ((i % per_line) << stamp_shift_) | (i / per_line);
     }
     void stamp(const slot& s) noexcept {
         if (stamps_) [[unlikely]]
-            stamps_[static_cast<std::size_t>(&s - slots_)] = detail::clock_ns();
+            stamps_[stamp_index(s)] = detail::clock_ns();
     }
     [[nodiscard]] std::uint64_t stamp_of(const slot& s) const noexcept {
-        return stamps_ ? stamps_[static_cast<std::size_t>(&s - slots_)] : 0;
+        return stamps_ ? stamps_[stamp_index(s)] : 0;
     }
     /// try_pop_before, also reading the element's push time (0 without record_push_times).
     [[nodiscard]] std::optional<T> try_pop_before_stamped(std::uint64_t mark,
@@ -1406,6 +1419,7 @@ class ring_buffer {
     alignas(cache_line_size) slot* slots_ = nullptr;
     // An event_store's push times, one per slot (see record_push_times); usually none.
     std::unique_ptr<std::uint64_t[]> stamps_;
+    unsigned stamp_shift_ = 0;
     std::size_t capacity_;
     std::uint64_t lap_;  // position distance between two visits of a slot
     std::uint64_t start_ = 0;
@@ -3013,7 +3027,8 @@ class latency_histogram {
         for (std::size_t i = 0; i < bucket_count; ++i) {
             seen += counts_[i];
             if (seen >= rank)
-                return as_duration(std::clamp(midpoint(i), min_, max_));
+                return as_duration(min_ <= max_ ? std::clamp(midpoint(i), min_, max_)
+                                                : midpoint(i));
         }
         return as_duration(max_);
     }
@@ -3111,9 +3126,13 @@ class latency_recorder {
                 mine.record_ns(latency_histogram::midpoint(i), c);
         // The exact figures replace the midpoints' (a record in flight may make them differ
         // by one).
-        mine.set_exact(overflow_.load(std::memory_order_relaxed),
-                       sum_.load(std::memory_order_relaxed), min_.load(std::memory_order_relaxed),
-                       max_.load(std::memory_order_relaxed));
+        const std::uint64_t least = min_.load(std::memory_order_relaxed);
+        const std::uint64_t most = max_.load(std::memory_order_relaxed);
+        // A first record still in flight may have raised neither: then the buckets' figures
+        // stay.
+        if (least <= most)
+            mine.set_exact(overflow_.load(std::memory_order_relaxed),
+                           sum_.load(std::memory_order_relaxed), least, most);
         out.merge(mine);
     }
 
@@ -3212,8 +3231,10 @@ struct store_metrics {
     /// Failed handler calls of trigger(): its caller is told (`handler_failed`); they are never
     /// retried or dead-lettered.
     std::uint64_t trigger_errors = 0;
-    /// Subscribes (and transaction commits, per event) refused: `buffer_full` (return_error),
-    /// `would_deadlock`, `closed`, or a context that ended while waiting (block).
+    /// Refused attempts to enqueue, counted per event: a subscribe or replay refused
+    /// (`buffer_full` under return_error, `would_deadlock`, `closed`, a context that ended while
+    /// waiting under block), and each event of a refused commit (also `exceeds_capacity`); a
+    /// commit tried again counts again.
     std::uint64_t rejected = 0;
     /// Events in the ring now: accepted, not yet taken by a dispatcher or a worker.
     std::uint64_t depth = 0;
@@ -5524,7 +5545,10 @@ class event_store {
         m.dead_letters_dropped = core_.dead_letters_dropped();
         m.rejected = rejected_.load(std::memory_order_relaxed);
         m.depth = ring_.approx_size();
-        m.high_water = std::max<std::uint64_t>(core_.high_water(), m.depth);
+        // A drop_oldest push moves tail before it drops the oldest: a batch taken meanwhile may
+        // see more than the capacity waiting.
+        m.high_water = std::min<std::uint64_t>(std::max<std::uint64_t>(core_.high_water(), m.depth),
+                                               ring_.capacity());
         if (leased_latency_) {
             leased_latency_->wait.read_into(m.queue_wait);
             leased_latency_->run.read_into(m.handler_duration);
@@ -5996,8 +6020,10 @@ class event_store<Policy>::transaction {
             open_ = false;
             return {};
         }
-        if (store_->pool_ && detail::inside_dispatch_of(store_))
+        if (store_->pool_ && detail::inside_dispatch_of(store_)) {
+            store_->rejected_.fetch_add(events_.size(), std::memory_order_relaxed);
             return errc::would_deadlock;
+        }
         // Nothing else holds the record yet: the count is published by push_n's release.
         record_->remaining.store(events_.size(), std::memory_order_relaxed);
         if (const std::error_code error = store_->push_or_refuse(
