@@ -149,6 +149,9 @@ int main(int argc, char** argv) {
     const std::size_t http_threads = cfg->http_threads;
     server.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
     server.set_payload_max_length(cfg->max_body);
+    // The headers and the body of an answer are written separately: without TCP_NODELAY, Nagle's
+    // algorithm holds the body until the client's delayed ACK, 40 ms per keep-alive request.
+    server.set_tcp_nodelay(true);
     server.set_keep_alive_max_count(1000);
     server.set_keep_alive_timeout(2);  // also bounds how long shutdown waits for idle clients
     server.set_read_timeout(5);
