@@ -32,6 +32,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -152,7 +153,10 @@ int main(int argc, char** argv) {
     // The headers and the body of an answer are written separately: without TCP_NODELAY, Nagle's
     // algorithm holds the body until the client's delayed ACK, 40 ms per keep-alive request.
     server.set_tcp_nodelay(true);
-    server.set_keep_alive_max_count(1000);
+    // A connection is not closed after some number of requests: cpp-httplib listens with a
+    // backlog of 5, so clients reconnecting all at once would see SYNs dropped and wait for the
+    // kernel's 1 s retransmission.
+    server.set_keep_alive_max_count(std::numeric_limits<std::size_t>::max());
     server.set_keep_alive_timeout(2);  // also bounds how long shutdown waits for idle clients
     server.set_read_timeout(5);
     server.set_write_timeout(5);
