@@ -49,8 +49,12 @@ def remaining(limit):
 class Service:
     def __init__(self, binary, args):
         self.stderr = tempfile.TemporaryFile(mode="w+")
+        env = dict(os.environ)
+        # Only read by ThreadSanitizer builds (see tsan.supp).
+        suppressions = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tsan.supp")
+        env["TSAN_OPTIONS"] = (env.get("TSAN_OPTIONS", "") + f" suppressions={suppressions}").strip()
         self.proc = subprocess.Popen([binary, "--port", "0"] + args, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True)
+                                     stderr=self.stderr, text=True, env=env)
         self.lines = []
         self.first_line = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -285,6 +289,10 @@ def scenario_main(binary, promtool):
                           ("rejected", sum(expected.values()))]:
             check(counts.get(key) == want, f"final line: {key}={counts.get(key)}, want {want}")
         print(f"main: {accepted} accepted and handled, {sum(expected.values())} refused; {line}")
+    except Exception:
+        service.kill()
+        sys.stderr.write("---- service stderr ----\n" + service.stderr_text()[-8000:])
+        raise
     finally:
         service.kill()
 
@@ -350,6 +358,10 @@ def scenario_overload(binary, promtool):
               f"final line {line!r}, want accepted=handled={ok}")
         check(counts.get("rejected_buffer_full") == full, f"final line {line!r}")
         print(f"overload: {ok} accepted (202), {full} refused (503); {line}")
+    except Exception:
+        service.kill()
+        sys.stderr.write("---- service stderr ----\n" + service.stderr_text()[-8000:])
+        raise
     finally:
         service.kill()
 
