@@ -4,11 +4,12 @@
   service_test.py [--scenario main|overload] [--promtool PATH] <example_http_service>
 
 main: 500 dynamic events, 100 typed orders and requests that must be refused (invalid JSON, not
-an object, unsupported values, invalid orders, bodies over the limit, unknown routes); checks the
-status codes, then /metrics until everything accepted is handled (published == handled ==
-accepted, refusals by reason == what was sent, what the handlers counted), the exposition
-format (promtool check metrics, when given), and that SIGTERM ends the service with exit
-status 0 and a final line reporting everything accepted handled.
+an object, unsupported values, invalid orders, bodies over the limit, unknown routes, a sixth
+projection beyond --max-projections 5); checks the status codes, then /metrics until
+everything accepted is handled (published == handled == accepted, refusals by reason == what
+was sent, what the handlers counted), the exposition format (promtool check metrics, when
+given), and that SIGTERM ends the service with exit status 0 and a final line reporting
+everything accepted handled.
 
 overload: a ring of 8 with one worker whose handlers sleep 20 ms, hit by 8 concurrent clients:
 every answer must be 202 or 503 (with Retry-After), published must equal the 202s and
@@ -185,7 +186,7 @@ REASONS = ["invalid_json", "not_object", "unsupported_value", "invalid_order",
 
 
 def scenario_main(binary, promtool):
-    service = Service(binary, ["--workers", "2", "--capacity", "1024"])
+    service = Service(binary, ["--workers", "2", "--capacity", "1024", "--max-projections", "5"])
     try:
         client = Client(service.port)
         status, _, body = client.request("GET", "/healthz")
@@ -245,6 +246,7 @@ def scenario_main(binary, promtool):
             ("POST", "/events/", "{}", 404, "not_found"),
             ("POST", "/events/bad%20name", "{}", 404, "not_found"),
             ("GET", "/events/user_created", None, 404, "not_found"),
+            ("POST", "/events/a_sixth_projection", "{}", 400, "too_many_projections"),
         ]
         for method, path, body, want, reason in bad:
             status, _, answer = client.request(method, path, body, fresh=True)
