@@ -323,3 +323,34 @@ TEST_CASE("cancelling the entry the timer thread is waiting for", "[schedule]") 
     CHECK(store.metrics().cancelled == (cancelled ? 1U : 0U));
     CHECK_RECONCILES(store.metrics());
 }
+
+TEST_CASE("once a handle says the event left the timer, close() handles it", "[scheduling]") {
+    // The timer thread takes a due event out of its queue and then enqueues it: a handle that
+    // turned false in between let close() shut the ring first, and the event was refused.
+    struct due_event {
+        int n = 0;
+    };
+    const std::size_t rounds = scaled(400, 50);
+    std::atomic<bool> stop{false};
+    std::jthread load([&] {  // competes for the cores, widening the window
+        while (!stop.load())
+            std::this_thread::yield();
+    });
+    std::size_t lost = 0;
+    for (std::size_t round = 0; round < rounds; ++round) {
+        dispatcher d;
+        std::atomic<int> handled{0};
+        d.on<due_event>([&](const context&, const due_event&) { handled.fetch_add(1); });
+        event_store<eventbus::block> store(d, 16);
+        const context ctx;
+        timer_handle later = store.schedule_after(ctx, 100us, due_event{1});
+        while (later)
+            std::this_thread::yield();
+        REQUIRE(!store.close(ctx));
+        const auto m = store.metrics();
+        if (handled.load() != 1 || m.cancelled != 0)
+            ++lost;
+    }
+    stop.store(true);
+    CHECK(lost == 0);
+}

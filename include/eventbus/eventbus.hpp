@@ -4960,7 +4960,8 @@ namespace detail {
 
 /// One scheduled event, shared by its store's timer queue and its handle.
 struct timer_entry {
-    enum class state : std::uint8_t { pending, cancelled, fired };
+    // firing: due and out of the queue (too late to cancel), not yet in the ring.
+    enum class state : std::uint8_t { pending, cancelled, firing, fired };
 
     timer_entry(const context& c, context::clock::time_point when, envelope&& e) noexcept
         : ctx(c), due(when), ev(std::move(e)) {}
@@ -4969,9 +4970,11 @@ struct timer_entry {
 
     context ctx;
     context::clock::time_point due;
-    envelope ev;                                // taken by the timer thread when due
-    std::shared_ptr<retry_job> retry;           // instead of `ev`: handlers to call again
-    std::atomic<state> status{state::pending};  // changed under the queue's mutex
+    envelope ev;                       // taken by the timer thread when due
+    std::shared_ptr<retry_job> retry;  // instead of `ev`: handlers to call again
+    // Changed under the queue's mutex, but for firing -> fired (by the timer thread, once the
+    // event is in the ring or was refused).
+    std::atomic<state> status{state::pending};
 };
 
 /// A store's pending scheduled events, earliest first. Shared with the handles, so that a
@@ -5031,12 +5034,15 @@ class timer_handle {
         return queue_->cancel(entry_);
     }
 
-    /// True while the event is pending: neither run, nor cancelled, nor stopped by its context.
+    /// True while the event has not reached the ring: neither cancelled, nor stopped by its
+    /// context, nor enqueued (or refused) when due. Once it is false, an event that was enqueued
+    /// is in the ring, so a close() that follows handles it.
     [[nodiscard]] explicit operator bool() const noexcept {
-        return entry_ &&
-               entry_->status.load(std::memory_order_acquire) ==
-                   detail::timer_entry::state::pending &&
-               !entry_->ctx.done();
+        if (!entry_)
+            return false;
+        const auto status = entry_->status.load(std::memory_order_acquire);
+        return status == detail::timer_entry::state::firing ||
+               (status == detail::timer_entry::state::pending && !entry_->ctx.done());
     }
 
     /// Why the handle is empty when `schedule` returned it so: `{}` when the event was due
@@ -5180,7 +5186,7 @@ class timer_service {
                         break;
                 }
                 (alone ? alone : due.back())
-                    ->status.store(timer_entry::state::fired, std::memory_order_release);
+                    ->status.store(timer_entry::state::firing, std::memory_order_release);
                 q.pending.erase(q.pending.begin());
                 if (alone)
                     break;
@@ -5196,6 +5202,9 @@ class timer_service {
                     q.cancelled.fetch_add(1, std::memory_order_relaxed);
                 else
                     enqueued = true;
+                // Release: a thread that sees the handle empty and then closes the store finds
+                // the event in the ring (close() handles it) or counted as cancelled.
+                entry->status.store(timer_entry::state::fired, std::memory_order_release);
             }
             if (enqueued)
                 store_.publish();
@@ -5211,12 +5220,16 @@ class timer_service {
 
     // A due entry that found no place in the batch (out of memory): enqueued on its own.
     void due_alone(timer_entry& entry, timer_queue& q) {
-        if (entry.retry)
+        if (entry.retry) {
             store_.run_due_retry(std::move(entry.retry));
-        else if (store_.enqueue_due(entry.ctx, std::move(entry.ev)))
+        } else if (store_.enqueue_due(entry.ctx, std::move(entry.ev))) {
             q.cancelled.fetch_add(1, std::memory_order_relaxed);
-        else
+        } else {
+            entry.status.store(timer_entry::state::fired, std::memory_order_release);
             store_.publish();
+            return;
+        }
+        entry.status.store(timer_entry::state::fired, std::memory_order_release);
     }
 
     Store& store_;
