@@ -310,7 +310,10 @@ bool reconciles(const Metrics& m) {
            // Every failed call of an event from the ring was retried or given up on (a dead
            // letter); trigger()'s caller is told of its own.
            m.errors == m.retried + m.dead_lettered + m.trigger_errors &&
-           m.dead_letters_dropped <= m.dead_lettered;
+           m.dead_letters_dropped <= m.dead_lettered &&
+           // Nothing waits, and with latency histograms every event taken waited once.
+           m.depth == 0 && m.high_water >= m.depth &&
+           (m.queue_wait.empty() || m.queue_wait.count() == m.published - m.dropped);
 }
 
 /// Every counter, for the message of a failed check.
@@ -324,7 +327,9 @@ std::string describe(const Metrics& m) {
          << m.scheduled << ", cancelled " << m.cancelled << "; retried " << m.retried
          << " + dead_lettered " << m.dead_lettered << " + trigger_errors " << m.trigger_errors
          << " = " << m.retried + m.dead_lettered + m.trigger_errors << " (errors)"
-         << ", dead_letters_dropped " << m.dead_letters_dropped;
+         << ", dead_letters_dropped " << m.dead_letters_dropped << "; depth " << m.depth
+         << ", high_water " << m.high_water << ", queue_wait " << m.queue_wait.count()
+         << ", handler_duration " << m.handler_duration.count();
     return text.str();
 }
 

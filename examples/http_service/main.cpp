@@ -4,11 +4,11 @@
 //   main.cpp     this file: options, the cpp-httplib server and its routes, signals, shutdown
 //
 // Routes (the server listens on 127.0.0.1 only):
-//   POST /events/<projection>  a flat JSON object -> a dynamic eventbus::event; 202
-//   {"accepted":true} POST /orders               {"id": "...", "amount_cents": N} -> a typed
-//   order_placed event POST /baseline             parses like /events/<projection>, then does no
-//   bus work GET  /metrics              Prometheus text: the store's eventbus_* metrics and the
-//   service's GET  /healthz              200 "ok"; 503 once shutting down
+//   POST /events/<projection>  a flat JSON object becomes a dynamic eventbus::event: 202
+//   POST /orders               {"id": "...", "amount_cents": N} becomes a typed order_placed
+//   POST /baseline             parsed like /events/<projection>, then no bus work
+//   GET  /metrics              Prometheus text: the store's eventbus_* metrics and the service's
+//   GET  /healthz              200 "ok"; 503 once shutting down
 // Refusals: 400 (invalid JSON, not an object, unsupported value, invalid order, too many
 // projections), 404 (no such route), 413 (body over --max-body), 503 (ring full: with
 // Retry-After; or closed). Each is counted in http_requests_rejected_total{reason}.
