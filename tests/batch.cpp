@@ -12,8 +12,8 @@
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <utility>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "catch.hpp"

@@ -307,6 +307,25 @@ inline std::uint64_t clock_ns() noexcept {
                                           .count());
 }
 
+/// Adds to a counter that only the calling thread writes (others only read it): a relaxed load
+/// and store, no read-modify-write.
+inline void add_owned(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+/// Raises (lowers) `extreme` to `value` if that is a new maximum (minimum): a load, and a CAS
+/// only then, so a read-mostly line stays shared.
+inline void raise_to(std::atomic<std::uint64_t>& extreme, std::uint64_t value) noexcept {
+    std::uint64_t seen = extreme.load(std::memory_order_relaxed);
+    while (value > seen && !extreme.compare_exchange_weak(seen, value, std::memory_order_relaxed))
+        ;
+}
+inline void lower_to(std::atomic<std::uint64_t>& extreme, std::uint64_t value) noexcept {
+    std::uint64_t seen = extreme.load(std::memory_order_relaxed);
+    while (value < seen && !extreme.compare_exchange_weak(seen, value, std::memory_order_relaxed))
+        ;
+}
+
 /// Exponential backoff for waits that end when another thread finishes a step it has begun
 /// (a slot claimed but not yet written). Spins first, then yields, because with more threads
 /// than cores the thread we wait for may need our core to finish.
@@ -3105,9 +3124,9 @@ class latency_recorder {
             1);
         add(count_, 1);
         add(sum_, ns);
-        // Rarely written: a load, and a store or CAS only for a new extreme.
-        raise(max_, ns);
-        lower(min_, ns);
+        // Rarely written: a load, and a CAS only for a new extreme.
+        raise_to(max_, ns);
+        lower_to(min_, ns);
     }
     /// From `start` (a clock_ns() reading) to now; returns now.
     std::uint64_t record_since(std::uint64_t start) noexcept {
@@ -3139,19 +3158,9 @@ class latency_recorder {
   private:
     void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
         if (exclusive_)
-            counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+            add_owned(counter, n);
         else
             counter.fetch_add(n, std::memory_order_relaxed);
-    }
-    void raise(std::atomic<std::uint64_t>& extreme, std::uint64_t ns) noexcept {
-        std::uint64_t seen = extreme.load(std::memory_order_relaxed);
-        while (ns > seen && !extreme.compare_exchange_weak(seen, ns, std::memory_order_relaxed))
-            ;
-    }
-    void lower(std::atomic<std::uint64_t>& extreme, std::uint64_t ns) noexcept {
-        std::uint64_t seen = extreme.load(std::memory_order_relaxed);
-        while (ns < seen && !extreme.compare_exchange_weak(seen, ns, std::memory_order_relaxed))
-            ;
     }
 
     const bool exclusive_;
@@ -3913,12 +3922,7 @@ class dispatch_core {
     }
     /// A dispatcher or worker about to take a batch saw `depth` events waiting: a load, and a
     /// CAS only for a new high-water mark (its line is read-mostly).
-    void note_depth(std::uint64_t depth) noexcept {
-        std::uint64_t seen = high_water_.load(std::memory_order_relaxed);
-        while (depth > seen &&
-               !high_water_.compare_exchange_weak(seen, depth, std::memory_order_relaxed))
-            ;
-    }
+    void note_depth(std::uint64_t depth) noexcept { raise_to(high_water_, depth); }
     [[nodiscard]] std::uint64_t high_water() const noexcept {
         return high_water_.load(std::memory_order_relaxed);
     }
@@ -4634,8 +4638,7 @@ class worker_pool {
         }
         static void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
             if (n != 0)
-                counter.store(counter.load(std::memory_order_relaxed) + n,
-                              std::memory_order_relaxed);
+                add_owned(counter, n);
         }
     };
     static_assert(alignof(worker_state) == cache_line_size &&
@@ -5730,8 +5733,7 @@ class event_store {
             // Only the lease holder writes these: a load and a store, no shared RMW.
             const auto bump = [](std::atomic<std::uint64_t>& counter, std::uint64_t n) {
                 if (n)
-                    counter.store(counter.load(std::memory_order_relaxed) + n,
-                                  std::memory_order_relaxed);
+                    detail::add_owned(counter, n);
             };
             bump(leased_processed_, counts.processed);
             bump(leased_handled_, counts.handled);
