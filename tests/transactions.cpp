@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <latch>
 #include <mutex>
 #include <stdexcept>
@@ -377,4 +379,192 @@ TEST_CASE("concurrent 100-event transactions stay contiguous among single events
     CHECK(m.processed == expected);
     CHECK(m.handled == expected);
     CHECK_RECONCILES(m);
+}
+
+// commit_async: enqueued as commit enqueues, and told once when its events have been handled.
+
+namespace {
+
+/// What a commit_async callback was told, and how often; waited for on the test thread.
+struct told {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<std::error_code> results;
+
+    std::function<void(std::error_code)> callback() {
+        return [this](std::error_code ec) {
+            std::lock_guard lock(mutex);
+            results.push_back(ec);
+            changed.notify_all();
+        };
+    }
+    std::vector<std::error_code> wait_for(std::size_t n) {
+        std::unique_lock lock(mutex);
+        changed.wait_for(lock, 10s, [&] { return results.size() >= n; });
+        return results;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("commit_async returns at once and tells its callback once, after the handlers",
+          "[tx][async]") {
+    std::latch release(1);
+    std::atomic<int> handled{0};
+    dispatcher handlers{{"e", [&](const context&, const args&) {
+                             release.wait();
+                             ++handled;
+                         }}};
+    event_store store(handlers, 8, store_options{.async = true, .workers = 1});
+    told callback;
+    auto tx = store.begin_transaction();
+    REQUIRE_FALSE(tx.publish(numbered("e", 1)));
+    REQUIRE_FALSE(tx.publish(numbered("e", 2)));
+    REQUIRE_FALSE(tx.commit_async(context{}, callback.callback()));
+    CHECK_FALSE(tx.is_open());
+    CHECK(tx.commit_async(context{}, callback.callback()) == errc::finished);
+    {
+        std::lock_guard lock(callback.mutex);
+        CHECK(callback.results.empty());  // the worker is held in the first handler
+    }
+    release.count_down();
+    const auto results = callback.wait_for(1);
+    REQUIRE(results.size() == 1);
+    CHECK_FALSE(results[0]);
+    CHECK(handled == 2);
+    REQUIRE_FALSE(store.close(context{}));
+    CHECK(callback.wait_for(2).size() == 1);  // never twice
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE("commit_async: a failed handler says handler_failed; sync mode tells before returning",
+          "[tx]") {
+    dispatcher handlers{{"e", [](const context&, const args& a) {
+                             if (number(a) == 2)
+                                 throw std::runtime_error("two");
+                         }}};
+    event_store store(handlers, 8);
+    told callback;
+    auto tx = store.begin_transaction();
+    for (int n = 1; n <= 3; ++n)
+        REQUIRE_FALSE(tx.publish(numbered("e", n)));
+    REQUIRE_FALSE(tx.commit_async(context{}, callback.callback()));
+    {
+        std::lock_guard lock(callback.mutex);
+        REQUIRE(callback.results.size() == 1);  // sync: published on this thread
+        CHECK(callback.results[0] == errc::handler_failed);
+    }
+    auto empty = store.begin_transaction();
+    REQUIRE_FALSE(empty.commit_async(context{}, callback.callback()));
+    CHECK_FALSE(callback.wait_for(2).at(1));
+    const auto m = store.metrics();
+    CHECK(m.processed == 3);
+    CHECK(m.errors == 1);
+    CHECK(m.dead_lettered == 1);
+    CHECK_RECONCILES(m);
+    auto no_callback = store.begin_transaction();
+    REQUIRE_FALSE(no_callback.publish(numbered("e", 4)));
+    CHECK_THROWS_AS(no_callback.commit_async(context{}, nullptr), std::invalid_argument);
+}
+
+TEST_CASE("commit_async that cannot enqueue returns the error, never calls back, stays open",
+          "[tx]") {
+    dispatcher handlers{{"e", [](const context&, const args&) {}}};
+    event_store<return_error> store(handlers, 2);
+    told callback;
+    auto tx = store.begin_transaction();
+    for (int n = 1; n <= 3; ++n)
+        REQUIRE_FALSE(tx.publish(numbered("e", n)));
+    CHECK(tx.commit_async(context{}, callback.callback()) == errc::exceeds_capacity);
+    CHECK(tx.is_open());
+    REQUIRE_FALSE(store.subscribe(context{}, numbered("e", 9)));
+    auto two = store.begin_transaction();
+    REQUIRE_FALSE(two.publish(numbered("e", 1)));
+    REQUIRE_FALSE(two.publish(numbered("e", 2)));
+    CHECK(two.commit_async(context{}, callback.callback()) == errc::buffer_full);
+    CHECK(two.is_open());
+    REQUIRE_FALSE(tx.rollback());
+    REQUIRE_FALSE(two.rollback());  // its lost boxes must not call back either
+    store.publish();
+    REQUIRE_FALSE(store.close(context{}));
+    auto empty = store.begin_transaction();  // nothing to enqueue: done({}) at once
+    REQUIRE_FALSE(empty.commit_async(context{}, callback.callback()));
+    std::lock_guard lock(callback.mutex);
+    REQUIRE(callback.results.size() == 1);  // only the empty one's
+    CHECK_FALSE(callback.results[0]);
+}
+
+TEST_CASE("commit_async under drop_oldest: the producer that overwrites its events tells it",
+          "[tx][async]") {
+    std::latch release(1);
+    std::atomic<bool> busy{false};
+    dispatcher handlers{
+        {"hold",
+         [&](const context&, const args&) {
+             busy = true;
+             release.wait();
+         }},
+        {"e", [](const context&, const args&) {}},
+    };
+    event_store<drop_oldest> store(handlers, 4, store_options{.async = true, .workers = 1});
+    REQUIRE_FALSE(store.subscribe(context{}, numbered("hold", 0)));
+    store.publish();
+    while (!busy)
+        std::this_thread::yield();
+    told callback;
+    auto tx = store.begin_transaction();
+    REQUIRE_FALSE(tx.publish(numbered("e", 1)));
+    REQUIRE_FALSE(tx.publish(numbered("e", 2)));
+    REQUIRE_FALSE(tx.commit_async(context{}, callback.callback()));
+    for (int n = 3; n < 7; ++n)  // overwrite both of the transaction's events
+        REQUIRE_FALSE(store.subscribe(context{}, numbered("e", n)));
+    {
+        std::lock_guard lock(callback.mutex);  // told on this thread, by the last overwrite
+        REQUIRE(callback.results.size() == 1);
+        CHECK(callback.results[0] == errc::dropped);
+    }
+    release.count_down();
+    REQUIRE_FALSE(store.close(context{}));
+    CHECK(store.metrics().dropped == 2);
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE(
+    "redelivered transactions: failures before the last delivery are retries, the last a "
+    "dead letter",
+    "[tx][retry]") {
+    std::atomic<int> calls{0};
+    dispatcher handlers;
+    (void)handlers.on(
+        "e",
+        [&](const context&, const args&) {
+            ++calls;
+            throw std::runtime_error("poison");
+        },
+        {.name = "consumer",
+         .retry = {.max_attempts = 5, .backoff = eventbus::backoff_policy::constant(1ms)}});
+    event_store store(handlers, 8,
+                      store_options{.async = true, .workers = 1, .dead_letter_capacity = 4});
+    CHECK_THROWS_AS(store.begin_transaction({.delivery = 0, .max_deliveries = 3}),
+                    std::invalid_argument);
+    for (std::uint32_t delivery = 1; delivery <= 3; ++delivery) {
+        told callback;
+        auto tx = store.begin_transaction({.delivery = delivery, .max_deliveries = 3});
+        REQUIRE_FALSE(tx.publish(numbered("e", 7)));
+        REQUIRE_FALSE(tx.commit_async(context{}, callback.callback()));
+        const auto results = callback.wait_for(1);
+        REQUIRE(results.size() == 1);
+        CHECK(results[0] == errc::handler_failed);
+        REQUIRE_FALSE(store.drain(context{}));
+        const auto m = store.metrics();
+        CHECK(m.retried == std::min<std::uint32_t>(delivery, 2));  // the handler's policy unused
+        CHECK(m.dead_lettered == (delivery == 3 ? 1u : 0u));
+        CHECK_RECONCILES(m);
+    }
+    CHECK(calls == 3);
+    const auto letters = store.take_dead_letters();
+    REQUIRE(letters.size() == 1);
+    CHECK(letters[0].attempts() == 3);
+    CHECK(letters[0].handler() == "consumer");
+    CHECK(letters[0].event().id() == "7");
 }

@@ -1661,15 +1661,37 @@ struct tx_record {
             failed.store(true, std::memory_order_relaxed);
         if (lost)
             dropped.store(true, std::memory_order_relaxed);
-        // Seq_cst RMW, then notify (the eventcount protocol); the flags are published by it.
-        remaining.fetch_sub(1, std::memory_order_seq_cst);
+        // Seq_cst RMW, then notify (the eventcount protocol); the flags are published by it,
+        // and the RMWs form one release sequence, so the last one sees every other's flags.
+        const bool last = remaining.fetch_sub(1, std::memory_order_seq_cst) == 1;
+        if (last && on_done) {
+            // commit_async: whoever finishes the last event tells the committer, once. What
+            // the callback throws is discarded (it runs on a worker, or in a destructor).
+            try {
+                std::exchange(on_done, nullptr)(outcome());
+            } catch (...) {
+            }
+        }
         done.notify_if_waiting();
+    }
+
+    /// After the last event: what commit and commit_async report.
+    [[nodiscard]] std::error_code outcome() const noexcept {
+        if (dropped.load(std::memory_order_relaxed))
+            return errc::dropped;
+        if (failed.load(std::memory_order_relaxed))
+            return errc::handler_failed;
+        return {};
     }
 
     std::atomic<std::size_t> remaining{0};
     std::atomic<bool> failed{false};
     std::atomic<bool> dropped{false};
     event_count done;
+    // Set before the events are enqueued (published by the ring's release), then read only.
+    std::function<void(std::error_code)> on_done;  // commit_async's callback
+    std::uint32_t delivery = 1;                    // transaction_options
+    std::uint32_t max_deliveries = 0;
 };
 
 /// A typed event's key: one per type, made once.
@@ -1802,6 +1824,8 @@ class envelope {
     [[nodiscard]] void* mutable_payload() noexcept { return const_cast<void*>(payload()); }
     /// After the event's handlers ran: tells its transaction, if any.
     void complete(bool failed_call) noexcept;
+    /// The record of the transaction this event belongs to, or nullptr.
+    [[nodiscard]] const tx_record* transaction_record() const noexcept;
 
     /// The event, kept beyond its batch for retries and dead letters: the content is moved out
     /// (a transaction's box stays, empty), or shared when it is kept already. Allocates once
@@ -1924,6 +1948,10 @@ inline const envelope& envelope::content() const noexcept {
 inline void envelope::complete(bool failed_call) noexcept {
     if (ops_ != nullptr && ops_->transaction)
         box()->finish(failed_call, false);
+}
+
+inline const tx_record* envelope::transaction_record() const noexcept {
+    return ops_ != nullptr && ops_->transaction ? box()->record.get() : nullptr;
 }
 
 }  // namespace detail
@@ -3184,6 +3212,17 @@ struct latency_recorders {
 // hooks and options ///////////////////////////////////////////////////////////////////////////
 
 /// Options of an event_store.
+/// A transaction whose events come from a message broker that delivers them again when a
+/// handler fails (`event_store::begin_transaction(transaction_options)`). With
+/// `max_deliveries` 0 (the default) the handlers' own retry policies apply, as for any event.
+/// Otherwise they do not: a failed call of delivery `delivery` < `max_deliveries` counts in
+/// `store_metrics::retried` (the broker's next delivery is the retry), and on the last
+/// delivery it is a dead letter whose `attempts()` is `delivery`.
+struct transaction_options {
+    std::uint32_t delivery = 1;  // this delivery's number: 1 for the first
+    std::uint32_t max_deliveries = 0;
+};
+
 struct store_options {
     /// Run handlers on a pool of worker threads fed straight from the ring (publish() then only
     /// makes events eligible and returns). Otherwise publish() runs them on the caller.
@@ -4272,6 +4311,11 @@ class dispatch_core {
         std::vector<failed_call> failed;
         failed.swap(view.failures);
         const hook_set& hooks = *view.hooks;
+        if (const tx_record* record = env != nullptr ? env->transaction_record() : nullptr;
+            record != nullptr && record->max_deliveries != 0) {
+            settle_redelivered(*env, *record, failed, hooks);
+            return;
+        }
         // The event is kept only when something will use it: a retry, a kept dead letter or a
         // dead letter hook.
         const bool wanted = letter_capacity_ != 0 || !hooks.dead.empty() ||
@@ -4318,6 +4362,30 @@ class dispatch_core {
         }
         for (waiting_call& call : job->targets)
             bury(event, call.name, call.attempts, std::move(call.error), refused, hooks);
+    }
+
+    // A transaction's event that its committer delivers again when a handler fails
+    // (transaction_options::max_deliveries): before the last delivery a failed call counts
+    // as a retry (the next delivery is it), never retried here; on the last it is a dead
+    // letter, its attempts the delivery's number.
+    void settle_redelivered(envelope& env, const tx_record& record,
+                            std::vector<failed_call>& failed, const hook_set& hooks) noexcept {
+        if (record.delivery < record.max_deliveries) {
+            retried_.fetch_add(failed.size(), std::memory_order_relaxed);
+            failed.clear();
+            return;
+        }
+        kept_ptr event;
+        if (letter_capacity_ != 0 || !hooks.dead.empty()) {
+            try {
+                event = env.keep();
+            } catch (...) {
+            }
+        }
+        for (failed_call& call : failed)
+            bury(event, call.target->name, record.delivery, std::move(call.error),
+                 errc::handler_failed, hooks);
+        failed.clear();
     }
 
     // A handler gives up on an event: counted, shown to the dead letter hooks, and kept if
@@ -5536,6 +5604,17 @@ class event_store {
     /// A transaction on this store: buffers events and enqueues them all at once on commit.
     /// Allocates nothing until the first `publish`. The store must outlive it.
     [[nodiscard]] transaction begin_transaction() noexcept { return transaction(*this); }
+    /// A transaction whose events the caller delivers again when a handler fails (a message
+    /// broker's redelivery): see transaction_options. `std::invalid_argument` for a delivery
+    /// of 0 with max_deliveries set.
+    [[nodiscard]] transaction begin_transaction(transaction_options options) {
+        if (options.max_deliveries != 0 && options.delivery == 0)
+            throw std::invalid_argument(
+                "eventbus: transaction_options::delivery is 0 (the first delivery is 1)");
+        transaction tx(*this);
+        tx.options_ = options;
+        return tx;
+    }
 
     [[nodiscard]] bool is_closed() const noexcept { return ring_.is_closed(); }
 
@@ -5977,12 +6056,14 @@ class event_store<Policy>::transaction {
         : store_(other.store_)
         , events_(std::move(other.events_))
         , record_(std::move(other.record_))
+        , options_(other.options_)
         , open_(std::exchange(other.open_, false)) {}
     transaction& operator=(transaction&& other) noexcept {
         if (this != &other) {
             store_ = other.store_;
             events_ = std::move(other.events_);
             record_ = std::move(other.record_);
+            options_ = other.options_;
             open_ = std::exchange(other.open_, false);
         }
         return *this;
@@ -6055,10 +6136,42 @@ class event_store<Policy>::transaction {
                            : detail::attempt::busy;
             }))
             return error;
-        if (record->dropped.load(std::memory_order_relaxed))
-            return errc::dropped;
-        if (record->failed.load(std::memory_order_relaxed))
-            return errc::handler_failed;
+        return record->outcome();
+    }
+
+    /// As `commit`, without waiting for the handlers: enqueues every buffered event as one
+    /// contiguous run, or none, with the same errors as commit's enqueueing (then `done` is
+    /// never called and the transaction stays open). Once enqueued it returns `{}`, and
+    /// `done` is called exactly once, on the thread that finishes the last event (a worker; in
+    /// sync mode often the caller, before commit_async returns; under drop_oldest the
+    /// producer that overwrote it), with `{}`, `errc::handler_failed` or `errc::dropped` as
+    /// commit would return. `done` must not wait for the store, and what it throws is
+    /// discarded. Unlike commit, allowed from inside one of the store's handlers (it waits only
+    /// for room, as `subscribe` does). An empty transaction calls `done({})` at once.
+    [[nodiscard]] std::error_code commit_async(const context& ctx,
+                                               std::function<void(std::error_code)> done) {
+        if (!open_)
+            return errc::finished;
+        if (!done)
+            throw std::invalid_argument("eventbus: commit_async needs a callback");
+        if (events_.empty()) {
+            open_ = false;
+            done(std::error_code{});
+            return {};
+        }
+        // Nothing else holds the record yet: what it holds is published by push_n's release.
+        record_->remaining.store(events_.size(), std::memory_order_relaxed);
+        record_->on_done = std::move(done);
+        if (const std::error_code error = store_->push_or_refuse(
+                [&]() noexcept { return store_->ring_.try_push_n(events_); },
+                [&] { return store_->ring_.push_n(ctx, events_); }, events_.size())) {
+            record_->on_done = nullptr;  // a rollback's lost events must not call it
+            return error;                // nothing enqueued; the transaction stays open
+        }
+        events_.clear();  // moved-from envelopes
+        open_ = false;
+        record_.reset();
+        store_->publish();
         return {};
     }
 
@@ -6083,14 +6196,18 @@ class event_store<Policy>::transaction {
     explicit transaction(event_store& store) noexcept : store_(&store) {}
 
     void buffer(detail::envelope&& ev) {
-        if (!record_)
+        if (!record_) {
             record_ = std::make_shared<detail::tx_record>();
+            record_->delivery = options_.delivery;
+            record_->max_deliveries = options_.max_deliveries;
+        }
         events_.emplace_back(record_, std::move(ev));
     }
 
     event_store* store_;
     std::vector<detail::envelope> events_;
     std::shared_ptr<detail::tx_record> record_;
+    transaction_options options_{};
     bool open_ = true;
 };
 
