@@ -308,3 +308,58 @@ TEST_CASE("a dynamic event under a type's key never forms a run for that type's 
     CHECK(m.errors == 3);  // each refused by the handler's type check
     CHECK_RECONCILES(m);
 }
+
+TEST_CASE("a batch_error fails only the events it names: their dead letters, the others succeed",
+          "[batch][retry]") {
+    struct tick {
+        int n;
+    };
+    dispatcher handlers;
+    std::vector<std::string> seen_errors;
+    (void)handlers.on_batch<tick>(
+        [](std::span<const tick> run) {
+            std::uint64_t failed = 0;
+            for (std::size_t k = 0; k < run.size(); ++k)
+                if (run[k].n % 2 == 0)
+                    failed |= std::uint64_t{1} << k;
+            if (failed != 0)
+                throw eventbus::batch_error(
+                    failed, std::make_exception_ptr(std::runtime_error("even numbers refused")));
+        },
+        {.name = "odd_only"});
+    event_store<> store(handlers, 16, {.dead_letter_capacity = 16});
+    (void)store.on_error([&](const context&, const event&, const std::exception_ptr& e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& what) {
+            seen_errors.emplace_back(what.what());
+        }
+    });
+    for (int n = 1; n <= 5; ++n)
+        REQUIRE_FALSE(store.subscribe(context{}, tick{n}));
+    store.publish();
+    const auto m = store.metrics();
+    CHECK(m.processed == 5);
+    CHECK(m.errors == 2);
+    CHECK(m.dead_lettered == 2);
+    CHECK_RECONCILES(m);
+    CHECK(seen_errors == std::vector<std::string>{"even numbers refused", "even numbers refused"});
+    const auto letters = store.take_dead_letters();
+    REQUIRE(letters.size() == 2);
+    CHECK(letters[0].event().get_if<tick>()->n == 2);
+    CHECK(letters[1].event().get_if<tick>()->n == 4);
+    CHECK(letters[0].handler() == "odd_only");
+
+    // No bit set (or only bits beyond the run): the call succeeded.
+    dispatcher quiet;
+    (void)quiet.on_batch<tick>([](std::span<const tick> run) {
+        throw eventbus::batch_error(std::uint64_t{1} << run.size());
+    });
+    event_store<> other(quiet, 8);
+    REQUIRE_FALSE(other.subscribe(context{}, tick{1}));
+    other.publish();
+    CHECK(other.metrics().errors == 0);
+    CHECK_RECONCILES(other.metrics());
+    CHECK(std::string(eventbus::batch_error(0b101).what()) ==
+          "eventbus: 2 events of a batch failed");
+}

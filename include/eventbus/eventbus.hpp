@@ -1548,6 +1548,39 @@ struct event {
     ::eventbus::args args;
 };
 
+/// Thrown by a batch handler when only some events of its run failed: bit k of `failed()` is
+/// the k-th event of the span (a run is at most 64 events). Those events fail as if the
+/// handler had thrown `cause()` (this exception itself when `cause()` is empty): counted in
+/// `errors`, seen by error hooks, dead letters; the others succeeded. Bits beyond the run are
+/// ignored; no bit set means the call succeeded.
+class batch_error : public std::runtime_error {
+  public:
+    explicit batch_error(std::uint64_t failed, std::exception_ptr cause = nullptr)
+        : std::runtime_error(describe(failed, cause)), failed_(failed), cause_(std::move(cause)) {}
+
+    [[nodiscard]] std::uint64_t failed() const noexcept { return failed_; }
+    [[nodiscard]] const std::exception_ptr& cause() const noexcept { return cause_; }
+
+  private:
+    static std::string describe(std::uint64_t failed, const std::exception_ptr& cause) {
+        std::string text =
+            "eventbus: " + std::to_string(std::popcount(failed)) + " events of a batch failed";
+        if (cause) {
+            try {
+                std::rethrow_exception(cause);
+            } catch (const std::exception& e) {
+                text += ": ";
+                text += e.what();
+            } catch (...) {
+            }
+        }
+        return text;
+    }
+
+    std::uint64_t failed_;
+    std::exception_ptr cause_;
+};
+
 /// What `arg<T>()` throws: the argument is missing, or holds another type than the one asked
 /// for. The message names the argument and both types.
 class arg_error : public std::invalid_argument {
@@ -2889,17 +2922,28 @@ class dispatcher {
         batch.max_batch = max_batch;
         // Where no run is formed: a run of one, in place (a dynamic handler's payload is the
         // event itself).
+        // A batch_error of a run of one: the call failed if it names the event (with its
+        // cause, if any), else it succeeded.
         detail::handler_fn single{
             [](void* f, const context& ctx, const void* type, const void* payload, result*) {
-                if constexpr (std::is_same_v<U, event>) {
-                    if (type != nullptr)
-                        detail::throw_payload_mismatch("args");
-                    call_batch<U>(*static_cast<F*>(f), ctx, static_cast<const event*>(payload), 1);
-                } else {
-                    if (type != &detail::type_tag<U>)
-                        detail::throw_payload_mismatch("a typed event");
-                    call_batch<U>(*static_cast<F*>(f), ctx,
-                                  std::launder(static_cast<const U*>(payload)), 1);
+                try {
+                    if constexpr (std::is_same_v<U, event>) {
+                        if (type != nullptr)
+                            detail::throw_payload_mismatch("args");
+                        call_batch<U>(*static_cast<F*>(f), ctx, static_cast<const event*>(payload),
+                                      1);
+                    } else {
+                        if (type != &detail::type_tag<U>)
+                            detail::throw_payload_mismatch("a typed event");
+                        call_batch<U>(*static_cast<F*>(f), ctx,
+                                      std::launder(static_cast<const U*>(payload)), 1);
+                    }
+                } catch (const batch_error& partial) {
+                    if ((partial.failed() & 1) == 0)
+                        return;
+                    if (partial.cause())
+                        std::rethrow_exception(partial.cause());
+                    throw;
                 }
             },
             std::make_shared<F>(std::move(fn))};
@@ -4141,6 +4185,20 @@ class dispatch_core {
         return n;
     }
 
+    // Which events of a run a batch call's exception fails: those a batch_error names (its
+    // cause then stands for it), else all of them. Runs only after a call threw.
+    static std::uint64_t failed_of_run(std::exception_ptr& error, std::uint64_t all) noexcept {
+        try {
+            std::rethrow_exception(error);
+        } catch (const batch_error& partial) {
+            if (partial.cause())
+                error = partial.cause();
+            return partial.failed() & all;
+        } catch (...) {
+        }
+        return all;
+    }
+
     // Handles a run (see run_of): its payloads are moved next to each other on this stack, each
     // handler in priority order gets them (a batch handler in one call, the others one by one),
     // and they go back to their envelopes, where failed calls find them to be retried or
@@ -4210,8 +4268,11 @@ class dispatch_core {
                 counts.processed += n;
                 if (!error)
                     continue;
-                counts.errors += n;
+                const std::uint64_t failed = failed_of_run(error, all);
+                counts.errors += static_cast<std::uint64_t>(std::popcount(failed));
                 for (std::size_t k = 0; k < n; ++k) {
+                    if (((failed >> k) & 1) == 0)
+                        continue;
                     const event_view ev(projection, type, payload(k));
                     report_failure(
                         *target, ev,
