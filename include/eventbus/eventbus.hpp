@@ -1721,7 +1721,8 @@ struct tx_record {
     std::atomic<bool> failed{false};
     std::atomic<bool> dropped{false};
     event_count done;
-    // Set before the events are enqueued (published by the ring's release), then read only.
+    // Set before the events are enqueued (published by the ring's release); then touched only
+    // by the last finisher, which takes it.
     std::function<void(std::error_code)> on_done;  // commit_async's callback
     std::uint32_t delivery = 1;                    // transaction_options
     std::uint32_t max_deliveries = 0;
@@ -3255,7 +3256,6 @@ struct latency_recorders {
 
 // hooks and options ///////////////////////////////////////////////////////////////////////////
 
-/// Options of an event_store.
 /// A transaction whose events come from a message broker that delivers them again when a
 /// handler fails (`event_store::begin_transaction(transaction_options)`). With
 /// `max_deliveries` 0 (the default) the handlers' own retry policies apply, as for any event.
@@ -3267,6 +3267,7 @@ struct transaction_options {
     std::uint32_t max_deliveries = 0;
 };
 
+/// Options of an event_store.
 struct store_options {
     /// Run handlers on a pool of worker threads fed straight from the ring (publish() then only
     /// makes events eligible and returns). Otherwise publish() runs them on the caller.
@@ -3313,7 +3314,9 @@ struct store_metrics {
     /// Scheduled events that never reached the ring: cancelled through their handle or their
     /// context, still pending at close(), or refused when due (ring full or closed).
     std::uint64_t cancelled = 0;
-    /// Handler calls that were retries (also in `processed`, and in `errors` if they threw).
+    /// Handler calls that were retries (also in `processed`, and in `errors` if they threw);
+    /// for a redelivered transaction (transaction_options), failed calls before the last
+    /// delivery, counted when they fail (the retry is the broker's next delivery).
     std::uint64_t retried = 0;
     /// Dead letters: a handler's last attempt at an event failed, or its retry could not run
     /// (the store closed, the handler was removed, or there was no memory to keep the event).
@@ -6206,9 +6209,12 @@ class event_store<Policy>::transaction {
     /// `done` is called exactly once, on the thread that finishes the last event (a worker; in
     /// sync mode often the caller, before commit_async returns; under drop_oldest the
     /// producer that overwrote it), with `{}`, `errc::handler_failed` or `errc::dropped` as
-    /// commit would return. `done` must not wait for the store, and what it throws is
-    /// discarded. Unlike commit, allowed from inside one of the store's handlers (it waits only
-    /// for room, as `subscribe` does). An empty transaction calls `done({})` at once.
+    /// commit would return. What `done` throws is discarded. It must not wait for the store,
+    /// nor publish to it: under drop_oldest it runs inside the overwriting producer's push,
+    /// whose events are not yet visible (a nested push into the same store would wait for
+    /// them forever). Unlike commit, allowed from inside one of the store's handlers (it
+    /// enqueues as `subscribe` does, `errc::would_deadlock` included). An empty transaction
+    /// calls `done({})` at once.
     [[nodiscard]] std::error_code commit_async(const context& ctx,
                                                std::function<void(std::error_code)> done) {
         if (!open_)
@@ -6217,7 +6223,10 @@ class event_store<Policy>::transaction {
             throw std::invalid_argument("eventbus: commit_async needs a callback");
         if (events_.empty()) {
             open_ = false;
-            done(std::error_code{});
+            try {
+                done(std::error_code{});
+            } catch (...) {
+            }
             return {};
         }
         // Nothing else holds the record yet: what it holds is published by push_n's release.
