@@ -124,8 +124,12 @@ namespace detail {
 
 /// A std::system_error for a failed client call, with the client's own last error text.
 [[noreturn]] inline void throw_status(natsStatus s, const std::string& what) {
+    // The client's own last error, when it says more than the status's text (which
+    // system_error appends).
     std::string text = "eventbus::nats: " + what;
-    if (const char* detail = nats_GetLastError(nullptr); detail != nullptr && *detail != '\0') {
+    if (const char* detail = nats_GetLastError(nullptr);
+        detail != nullptr && *detail != '\0' &&
+        std::string_view(detail).find(natsStatus_GetText(s)) == std::string_view::npos) {
         text += ": ";
         text += detail;
     }
