@@ -35,6 +35,12 @@ row in REFERENCE_ORDER.
 A benchmark that fails its checks, or an executable that fails, is left out of the tables and
 listed after that executable's tables ("FAILED") and again at the end; the exit status is then 1.
 
+4. The JetStream bridge against the NATS C client (NATS_EXECUTABLE, bench/nats.cpp), two tables:
+   publish throughput (messages/s, median; each row's time per message divided by that of
+   NATS_PUBLISH_REFERENCE of the same message size) and ping-pong latency (the p50_us and p99_us
+   counters and the mean, median over the repetitions; p50 and p99 divided by those of
+   NATS_LATENCY_REFERENCE).
+
 The rows of TWINS_EXECUTABLE are named `BM_<Name>/<event kind>[/threads:<T>]` and count one item
 per iteration; the twins carry the counter `twin` (1). They are listed by name, a name's event
 kinds together, in the order the executable ran them.
@@ -53,6 +59,9 @@ from pathlib import Path
 REFERENCE_ORDER = ["eventbus_return_error", "eventbus_block", "eventbus_drop_oldest"]
 TWINS_EXECUTABLE = "bench_go_twins"
 HEADLINE_EXECUTABLE = "bench_bus"
+NATS_EXECUTABLE = "bench_nats"
+NATS_PUBLISH_REFERENCE = "raw_async"  # BM_NatsPublish/<variant>/<bytes>
+NATS_LATENCY_REFERENCE = "raw_fetch"  # BM_NatsLatency/<variant>
 # Scenario of HEADLINE_EXECUTABLE -> the variants whose fastest (lowest median) is its reference.
 HEADLINE_REFERENCES = {
     "BM_SyncTyped": ["mutex_deque_bus"],
@@ -220,6 +229,89 @@ def twin_table(rows: dict[str, float]) -> list[tuple[str, float]]:
     return [row for entries in by_name.values() for row in entries]
 
 
+def collect_entries(json_file: Path) -> tuple[dict[str, dict], bool]:
+    """Benchmark name -> its result: the median aggregate when repeated (counters included),
+    else the single run, in the order the executable ran them; and whether every row is a
+    median."""
+    singles: dict[str, dict] = {}
+    medians: dict[str, dict] = {}
+    for entry in entries(json_file):
+        name = entry.get("run_name", entry["name"])
+        if entry.get("run_type") == "aggregate":
+            if entry.get("aggregate_name") == "median":
+                medians[name] = entry
+        else:
+            singles.setdefault(name, entry)
+    merged = {name: medians.get(name, entry) for name, entry in {**singles, **medians}.items()}
+    return merged, set(singles) <= set(medians)
+
+
+def nats_tables(results: dict[str, dict]) -> tuple[list[tuple[str, float, float, str]],
+                                                    list[tuple[str, float, float, float, str]]]:
+    """bench_nats: (row, messages/s, ns per message, time / reference) per publish row and
+    (row, p50 us, p99 us, mean us, p50 and p99 / reference) per latency row, in run order."""
+    publish: dict[str, dict[str, float]] = {}  # size -> variant -> ns per message
+    latency: dict[str, tuple[float, float, float]] = {}  # variant -> p50, p99, mean (us)
+    for name, entry in results.items():
+        scenario, rest = split(name)
+        if scenario == "BM_NatsPublish":
+            variant, _, size = rest.partition("/")
+            publish.setdefault(size, {})[variant] = ns_per_item(entry)
+        elif scenario == "BM_NatsLatency":
+            latency[rest] = (entry.get("p50_us", 0.0), entry.get("p99_us", 0.0),
+                             ns_per_item(entry) / 1e3)
+    publish_rows = []
+    for size, variants in publish.items():
+        reference = variants.get(NATS_PUBLISH_REFERENCE)
+        for variant, ns in variants.items():
+            if reference is None:
+                ratio = ""
+            elif variant == NATS_PUBLISH_REFERENCE:
+                ratio = "1.00x (reference)"
+            else:
+                ratio = f"{ns / reference:.2f}x vs {NATS_PUBLISH_REFERENCE}"
+            publish_rows.append((f"BM_NatsPublish/{variant}/{size}", 1e9 / ns, ns, ratio))
+    latency_rows = []
+    reference_latency = latency.get(NATS_LATENCY_REFERENCE)
+    for variant, (p50, p99, mean) in latency.items():
+        if reference_latency is None or not reference_latency[0] or not reference_latency[1]:
+            ratio = ""
+        elif variant == NATS_LATENCY_REFERENCE:
+            ratio = "1.00x (reference)"
+        else:
+            ratio = (f"{p50 / reference_latency[0]:.2f}x / {p99 / reference_latency[1]:.2f}x "
+                     f"vs {NATS_LATENCY_REFERENCE}")
+        latency_rows.append((f"BM_NatsLatency/{variant}", p50, p99, mean, ratio))
+    return publish_rows, latency_rows
+
+
+def nats_markdown(publish: list[tuple[str, float, float, str]],
+                  latency: list[tuple[str, float, float, float, str]], stat: str) -> str:
+    sections = []
+    if publish:
+        text = (
+            "The JetStream bridge against the NATS C client (bench/nats.cpp; one nats-server on\n"
+            "loopback, memory streams): 1000 messages published and acknowledged per iteration.\n"
+            "Time / reference above 1.00x: slower than the C client's own asynchronous publish.\n\n"
+            f"| benchmark | messages/s ({stat}) | ns per message | time / reference |\n"
+            "|---|---:|---:|---|\n"
+        )
+        text += "".join(f"| {name} | {rate:.0f} | {ns:.0f} | {ratio} |\n"
+                        for name, rate, ns, ratio in publish)
+        sections.append(text)
+    if latency:
+        text = (
+            "Ping-pong latency over the same server, one 64-byte message at a time, from the\n"
+            "producer's stamp to the receiving side having the message (bench/nats.cpp).\n\n"
+            f"| benchmark | p50 us ({stat}) | p99 us | mean us | p50 / p99 vs reference |\n"
+            "|---|---:|---:|---:|---|\n"
+        )
+        text += "".join(f"| {name} | {p50:.1f} | {p99:.1f} | {mean:.1f} | {ratio} |\n"
+                        for name, p50, p99, mean, ratio in latency)
+        sections.append(text)
+    return "\n".join(sections)
+
+
 def collect_repetitions(json_file: Path) -> dict[str, list[float]]:
     """Benchmark name -> ns per item of each repetition (one entry when not repeated), in the
     order the executable ran them. A JSON written with --benchmark_report_aggregates_only has no
@@ -339,6 +431,12 @@ def report(exe: Path, json_file: Path, bars: list[tuple[str, float]]) -> str:
         headline = headline_table(collect_repetitions(json_file))
         bars.extend((name, ns) for name, ns, _, _ in headline)
         return headline_markdown(headline) if headline else ""
+    if exe.name == NATS_EXECUTABLE:
+        results, all_medians = collect_entries(json_file)
+        publish, latency = nats_tables(results)
+        bars.extend((name, ns) for name, _, ns, _ in publish)
+        bars.extend((name, mean * 1e3) for name, _, _, mean, _ in latency)
+        return nats_markdown(publish, latency, "median" if all_medians else "single run")
     rows, all_medians, twin_names = collect(json_file)
     stat = "median" if all_medians else "single run"
     if exe.name == TWINS_EXECUTABLE:
