@@ -456,6 +456,88 @@ TEST_CASE("an unencodable event is a dead letter of the forwarding handler, alon
     CHECK_RECONCILES(f.producer->metrics());
 }
 
+TEST_CASE(
+    "flow control: a full block store stops the fetching; nothing is buffered beyond a "
+    "fetch",
+    "[nats]") {
+    EVENTBUS_NEEDS_NATS_SERVER();
+    eventbus_test::nats_server server(server_binary);
+    nats::connection link({.servers = {server.url()}});
+    nats::ensure_stream(link, {.name = "EVENTS", .subjects = {"events.>"}});
+    std::atomic<bool> open{false};
+    std::atomic<int> handled{0};
+    dispatcher handlers;
+    (void)handlers.on("tick", [&](const context&, const eventbus::args&) {
+        while (!open)
+            std::this_thread::sleep_for(1ms);
+        ++handled;
+    });
+    event_store<eventbus::block> store(handlers, 4, {.async = true, .workers = 1});
+    nats::inbound in(link, store, {.durable = "slow", .batch = 8, .max_in_flight = 1000});
+    constexpr int n = 100;
+    for (int i = 0; i < n; ++i) {
+        const std::string payload =
+            nats::to_json(event{.id = "t" + std::to_string(i), .projection = "tick", .args = {}});
+        jsErrCode code{};
+        REQUIRE(js_Publish(nullptr, link.jetstream(), "events.tick", payload.data(),
+                           static_cast<int>(payload.size()), nullptr, &code) == NATS_OK);
+    }
+    in.start();
+    REQUIRE(eventually([&] { return store.metrics().depth == 4; }));
+    std::this_thread::sleep_for(300ms);  // time to fetch more, if it would
+    // The worker holds the batch it claimed (at most the capacity, one event in the held call),
+    // four wait in the ring, one commit waits for room: what else was fetched waits on the
+    // fetching thread (one fetch, at most 8), and nothing more is fetched.
+    const nats::inbound_metrics held = in.metrics();
+    CHECK(held.received <= 4 + 4 + 8);
+    CHECK(held.in_flight <= 4 + 4 + 1);
+    CHECK(store.metrics().depth == 4);
+    std::this_thread::sleep_for(300ms);
+    CHECK(in.metrics().received == held.received);
+    open = true;
+    REQUIRE(eventually([&] { return in.metrics().acked == n; }));
+    in.stop();
+    CHECK(handled == n);
+    CHECK(in.metrics().received == n);
+    REQUIRE_FALSE(store.close(context{}));
+    CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE("a sync store: the fetching thread runs the handlers, then acknowledges", "[nats]") {
+    EVENTBUS_NEEDS_NATS_SERVER();
+    eventbus_test::nats_server server(server_binary);
+    nats::connection link({.servers = {server.url()}});
+    nats::ensure_stream(link, {.name = "EVENTS", .subjects = {"events.>"}});
+    std::atomic<int> handled{0};
+    std::atomic<int> failures_left{1};
+    dispatcher handlers;
+    (void)handlers.on<order>([&](const order&) {
+        if (failures_left.fetch_sub(1) > 0)
+            throw std::runtime_error("once");
+        ++handled;
+    });
+    event_store<eventbus::block> store(handlers, 16);  // sync
+    nats::inbound in(link, store,
+                     {.durable = "sync", .redelivery = eventbus::backoff_policy::constant(10ms)});
+    in.route<order>("orders", order_codec());
+    nats::outbound out(link);
+    dispatcher producer_handlers;
+    out.forward<order>(producer_handlers, "orders", order_codec());
+    event_store<eventbus::block> producer(producer_handlers, 16);  // sync: publish() forwards
+    for (int i = 0; i < 10; ++i)
+        REQUIRE_FALSE(producer.subscribe(context{}, order{i, 1}));
+    producer.publish();
+    CHECK(out.metrics().published == 10);
+    in.start();
+    REQUIRE(eventually([&] { return in.metrics().acked == 10; }));
+    in.stop();
+    CHECK(handled == 10);
+    CHECK(in.metrics().nacked == 1);  // the failure came again and succeeded
+    CHECK(store.metrics().retried == 1);
+    CHECK(store.metrics().dead_lettered == 0);
+    CHECK_RECONCILES(store.metrics());
+}
+
 TEST_CASE("the server killed and restarted mid-stream (file storage): nothing is lost",
           "[nats][restart]") {
     EVENTBUS_NEEDS_NATS_SERVER();
