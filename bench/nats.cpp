@@ -43,10 +43,17 @@
 //                        connection, then natsSubscription_Fetch(1) on a durable pull
 //                        subscription of the consumer connection, the delta, natsMsg_Ack.
 //
+// What bounds these rows: the C client writes what was published asynchronously (and pull
+// requests) from a flusher thread that first waits 1 ms for more, unless the connection was made
+// with natsOptions_SetSendAsap. Requests (js_Publish) are written at once. So both latency rows
+// are about 1 ms, and eventbus_outbound, which waits for each run's acknowledgements (a run is at
+// most 64 events) before the next run, pays that 1 ms once per run.
+//
 // At the end the executable prints eventbus / reference for each size and for the latencies
 // (over everything it ran). Rows depend on the machine's load: compare rows of one run only.
 //
-// Reproduce: scripts/bench (its table "The JetStream bridge against the C client"), or
+// Reproduce: scripts/bench (its tables "The JetStream bridge against the NATS C client" and
+// "Ping-pong latency"), or
 //   cmake --preset bench && cmake --build --preset bench --target bench_nats
 //   build/bench/bench/bench_nats --benchmark_min_time=0.2
 
