@@ -153,6 +153,14 @@ TEST_CASE("JSON wire format: an unsupported value is a clear error naming it", "
     CHECK_THROWS_AS(nats::to_json(nan), std::system_error);
     const event empty_any{.id = "", .projection = "x", .args = {{"v", std::any{}}}};
     CHECK_THROWS_AS(nats::to_json(empty_any), std::system_error);
+    const event not_utf8{.id = "u", .projection = "x", .args = {{"v", std::string("\xff\xfe")}}};
+    try {
+        (void)nats::to_json(not_utf8);
+        FAIL("no error");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == nats::errc::unsupported_value);
+        CHECK(std::string(e.what()).find("UTF-8") != std::string::npos);
+    }
 }
 
 TEST_CASE("JSON wire format: malformed payloads say what is wrong", "[nats][wire]") {
@@ -177,6 +185,17 @@ TEST_CASE("JSON wire format: malformed payloads say what is wrong", "[nats][wire
     CHECK(reason(R"({"args": {"a": 1}, "types": {"a": "complex"}})").find("unknown type") !=
           std::string::npos);
     CHECK(reason(R"({"id": 5, "args": {}})").find("\"id\"") != std::string::npos);
+    CHECK(reason(R"({"args": {"a": "QR=="}, "types": {"a": "bytes"}})").find("canonical") !=
+          std::string::npos);
+    CHECK(reason(R"({"args": {"a": 1e300}, "types": {"a": "float"}})").find("range") !=
+          std::string::npos);
+    // Senders in other languages may name the natural types too.
+    const event natural = nats::from_json(
+        R"({"args": {"s": "x", "i": 5, "d": 2.5}, "types": {"s": "string", "i": "int64", "d": "double"}})",
+        "p");
+    CHECK(eventbus::arg<std::string>(natural.args, "s") == "x");
+    CHECK(eventbus::arg<std::int64_t>(natural.args, "i") == 5);
+    CHECK(eventbus::arg<double>(natural.args, "d") == 2.5);
     // The subject's projection stands in for a missing one; the header's id for a missing id.
     const event ev = nats::from_json(R"({"args": {}})", "fallback", "header-id");
     CHECK(ev.projection == eventbus::key("fallback"));
@@ -396,6 +415,10 @@ TEST_CASE("a malformed message on the subject is reported and terminated; nothin
         f.record(eventbus::arg<std::string>(a, "name"));
     });
     f.in->route<order>("orders", order_codec());
+    f.in->route<order>(
+        "weird", nats::codec<order>{.encode = nullptr, .decode = [](std::string_view) -> order {
+                                        throw 42;  // not a std::exception
+                                    }});
     f.in->start();
     // Raw publishes, as another program might make them.
     const auto raw = [&](const char* subject, std::string_view payload) {
@@ -409,13 +432,16 @@ TEST_CASE("a malformed message on the subject is reported and terminated; nothin
     raw("events.orders", "no colon here");
     raw("events.user_created", R"({"id": "ok-1", "args": {"name": "fine"}})");
     raw("events.orders", "7:700");
+    raw("events.weird", "anything");
     REQUIRE(eventually([&] { return f.distinct() == 2; }));
-    REQUIRE(eventually([&] { return f.in->metrics().malformed == 2; }));
+    REQUIRE(eventually([&] { return f.in->metrics().malformed == 3; }));
     f.in->stop();
     CHECK(f.seen == std::map<std::string, int>{{"fine", 1}, {"order-7", 1}});
-    CHECK(stream_messages(f.producer_link, "EVENTS") == 4);  // kept in the stream
+    CHECK(stream_messages(f.producer_link, "EVENTS") == 5);  // kept in the stream
     std::lock_guard lock(f.mutex);
-    REQUIRE(f.errors.size() == 2);
+    REQUIRE(f.errors.size() == 3);
+    CHECK(f.errors[2].message.find("not a std::exception") != std::string::npos);
+    f.errors.pop_back();
     for (const nats::inbound_error& e : f.errors) {
         CHECK(e.code == nats::errc::malformed_payload);
         CHECK(e.stream_sequence != 0);
@@ -501,6 +527,41 @@ TEST_CASE(
     CHECK(in.metrics().received == n);
     REQUIRE_FALSE(store.close(context{}));
     CHECK_RECONCILES(store.metrics());
+}
+
+TEST_CASE(
+    "a closed store is not fetched for, so its messages keep their deliveries; bad "
+    "options are refused",
+    "[nats]") {
+    EVENTBUS_NEEDS_NATS_SERVER();
+    eventbus_test::nats_server server(server_binary);
+    nats::connection link({.servers = {server.url()}});
+    nats::ensure_stream(link, {.name = "EVENTS", .subjects = {"events.>"}});
+    dispatcher handlers;
+    event_store<eventbus::return_error> store(handlers, 8, {.async = true, .workers = 1});
+    CHECK_THROWS_AS(nats::inbound(link, store, {.durable = "bad", .fetch_wait = 0ms}),
+                    std::invalid_argument);
+    CHECK_THROWS_AS(nats::inbound(link, store, {.durable = "bad", .max_deliveries = 0}),
+                    std::invalid_argument);
+    CHECK_THROWS_AS(nats::inbound(link, store, {.durable = "bad", .prefix = "events.*"}),
+                    std::invalid_argument);
+    try {
+        nats::inbound missing(link, store, {.stream = "NO_SUCH_STREAM", .durable = "x"});
+        FAIL("bound to a stream that does not exist");
+    } catch (const std::system_error& e) {
+        CHECK(std::string(e.what()).find("NO_SUCH_STREAM") != std::string::npos);
+    }
+    const std::string payload = nats::to_json(event{.id = "c1", .projection = "tick", .args = {}});
+    jsErrCode code{};
+    REQUIRE(js_Publish(nullptr, link.jetstream(), "events.tick", payload.data(),
+                       static_cast<int>(payload.size()), nullptr, &code) == NATS_OK);
+    REQUIRE_FALSE(store.close(context{}));
+    nats::inbound in(link, store, {.durable = "closed", .fetch_wait = 50ms});
+    in.start();
+    std::this_thread::sleep_for(400ms);
+    in.stop();
+    CHECK(in.metrics().received == 0);
+    CHECK(in.metrics().nacked == 0);
 }
 
 TEST_CASE("a sync store: the fetching thread runs the handlers, then acknowledges", "[nats]") {

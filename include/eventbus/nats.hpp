@@ -1229,9 +1229,10 @@ class inbound {
             const char* status = nullptr;
             if (natsMsg_GetDataLength(msg) == 0 &&
                 natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status != nullptr) {
-                natsMsg_Destroy(msg);  // the end of a request (this one, or an earlier one)
-                if (std::string_view(status) == "100")
-                    continue;  // a heartbeat
+                const bool heartbeat = std::string_view(status) == "100";
+                natsMsg_Destroy(msg);  // else the end of a request (this one, or an earlier one)
+                if (heartbeat)
+                    continue;
                 return NATS_OK;
             }
             if (natsMsg_GetReply(msg) == nullptr) {
