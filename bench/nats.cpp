@@ -339,7 +339,9 @@ nats::codec<message> message_codec() {
 template <std::size_t Workers>
 void bm_eventbus_outbound(benchmark::State& state) {
     const char* error = nullptr;
-    const std::string name = Workers == 1 ? "eventbus_outbound" : "eventbus_outbound_2_workers";
+    std::string name = "eventbus_outbound";
+    if (Workers != 1)
+        name += "_" + std::to_string(Workers) + "_workers";
     const std::string key = row_key(name.c_str(), state);
     try {
         const std::string payload = make_payload(state.range(0));
@@ -595,6 +597,7 @@ void register_benchmarks() {
     publish_row("BM_NatsPublish/raw_sync", bm_raw_sync);
     publish_row("BM_NatsPublish/eventbus_outbound", bm_eventbus_outbound<1>);
     publish_row("BM_NatsPublish/eventbus_outbound_2_workers", bm_eventbus_outbound<2>);
+    publish_row("BM_NatsPublish/eventbus_outbound_4_workers", bm_eventbus_outbound<4>);
     benchmark::RegisterBenchmark("BM_NatsLatency/eventbus_inbound", bm_eventbus_inbound)
         ->UseManualTime()
         ->Unit(benchmark::kMicrosecond);
@@ -617,7 +620,8 @@ void print_summary() {
                    ? 0.0
                    : at->second.seconds / static_cast<double>(at->second.items);
     };
-    for (const char* variant : {"eventbus_outbound", "eventbus_outbound_2_workers"}) {
+    for (const char* variant :
+         {"eventbus_outbound", "eventbus_outbound_2_workers", "eventbus_outbound_4_workers"}) {
         for (const char* size : {"64", "1024"}) {
             const double ours = per_item(std::string(variant) + "/" + size);
             const double reference = per_item(std::string("raw_async/") + size);
