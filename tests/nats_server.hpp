@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -45,6 +46,8 @@ class child_process {
         if (pid < 0)
             throw std::system_error(errno, std::generic_category(), "fork");
         if (pid == 0) {
+            // However the test process ends (a crash, a timeout's SIGKILL), its children go too.
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
             const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
             if (fd >= 0) {
                 dup2(fd, 1);
