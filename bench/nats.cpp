@@ -45,9 +45,10 @@
 //
 // What bounds these rows: the C client writes what was published asynchronously (and pull
 // requests) from a flusher thread that first waits 1 ms for more, unless the connection was made
-// with natsOptions_SetSendAsap. Requests (js_Publish) are written at once. So both latency rows
-// are about 1 ms, and eventbus_outbound, which waits for each run's acknowledgements (a run is at
-// most 64 events) before the next run, pays that 1 ms once per run.
+// with natsOptions_SetSendAsap or the caller flushes. Requests (js_Publish) are written at once.
+// raw_fetch sends a new pull request per message, which waits for the flusher: about 1 ms. The
+// bridge's inbound has its pull request waiting at the server already, and its outbound flushes
+// each run (up to 64 events), whose acknowledgements it waits for before the next run.
 //
 // At the end the executable prints eventbus / reference for each size and for the latencies
 // (over everything it ran). Rows depend on the machine's load: compare rows of one run only.

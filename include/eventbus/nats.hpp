@@ -489,9 +489,9 @@ struct connection_options {
     std::chrono::milliseconds request_timeout{5000};
     /// Write every message at once (natsOptions_SetSendAsap). The client otherwise writes
     /// from a flusher thread that waits 1 ms for more data: fewer system calls and more
-    /// throughput, at 1 ms of latency. With it, an event's end-to-end latency through the
-    /// bridge on loopback was about 0.2 ms instead of 1 ms, and a raw asynchronous publisher's
-    /// throughput fell by about a quarter.
+    /// throughput, at up to 1 ms of latency. The outbound bridge flushes each run itself; this
+    /// also writes acknowledgements and other publishes at once, at a system call each (a raw
+    /// asynchronous publisher's throughput fell by about a quarter with it).
     bool send_asap = false;
     std::string user{};  ///< with `password`, or a `token`; empty: none
     std::string password{};
@@ -838,8 +838,7 @@ class outbound {
             // The run is complete: write it now rather than after the client's flusher waited
             // its 1 ms for more (the acknowledgements come that much sooner). Its error, if the
             // server is gone, shows in the acknowledgements.
-            // FLUSHOFF (void)natsConnection_FlushTimeout(nats_->native(),
-            // options_.ack_timeout.count());
+            (void)natsConnection_FlushTimeout(nats_->native(), options_.ack_timeout.count());
             await(ctx, run, n);
             const bool all_done = std::all_of(run.slots.begin(), run.slots.begin() + n,
                                               [](const slot& s) { return s.done; });
