@@ -642,6 +642,12 @@ inline void check_subject(std::string_view subject, std::string_view what) {
                                     "wildcards or white space)");
 }
 
+/// A draw in [0, 1) for a backoff's jitter, from a generator of the calling thread.
+inline double jitter_draw() noexcept {
+    thread_local std::minstd_rand random{std::random_device{}()};
+    return std::uniform_real_distribution<double>(0.0, 1.0)(random);
+}
+
 /// Unique message ids: a random 64-bit prefix per bridge, then a count.
 class id_source {
   public:
@@ -844,7 +850,7 @@ class outbound {
                                               [](const slot& s) { return s.done; });
             if (all_done || attempt == options_.publish_attempts || ctx.done())
                 break;
-            wait_for(ctx, options_.backoff.delay(attempt, jitter_draw()));
+            wait_for(ctx, options_.backoff.delay(attempt, detail::jitter_draw()));
         }
         std::uint64_t failed = encode_failed;
         std::exception_ptr cause;
@@ -919,11 +925,6 @@ class outbound {
         }
         run.awaited = 0;
         (void)n;
-    }
-
-    static double jitter_draw() noexcept {
-        thread_local std::minstd_rand random{std::random_device{}()};
-        return std::uniform_real_distribution<double>(0.0, 1.0)(random);
     }
 
     /// The backoff before a retry; a store's close() that gives up waiting (the context's
@@ -1381,7 +1382,7 @@ class inbound {
             try {
                 const std::chrono::nanoseconds delay =
                     outcome == eventbus::errc::handler_failed
-                        ? options_.redelivery.delay(delivery, jitter_draw())
+                        ? options_.redelivery.delay(delivery, detail::jitter_draw())
                         : std::chrono::nanoseconds(std::chrono::milliseconds(100));
                 s = answer(msg, nak_with(delay));
             } catch (...) {
@@ -1395,11 +1396,6 @@ class inbound {
         std::lock_guard lock(mutex_);
         --in_flight_;
         settled_.notify_all();
-    }
-
-    static double jitter_draw() noexcept {
-        thread_local std::minstd_rand random{std::random_device{}()};
-        return std::uniform_real_distribution<double>(0.0, 1.0)(random);
     }
 
     void tell(const inbound_error& error) noexcept {
