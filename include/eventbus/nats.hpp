@@ -845,7 +845,7 @@ class outbound {
             // its 1 ms for more (the acknowledgements come that much sooner). Its error, if the
             // server is gone, shows in the acknowledgements.
             (void)natsConnection_FlushTimeout(nats_->native(), options_.ack_timeout.count());
-            await(ctx, run, n);
+            await(ctx, run);
             const bool all_done = std::all_of(run.slots.begin(), run.slots.begin() + n,
                                               [](const slot& s) { return s.done; });
             if (all_done || attempt == options_.publish_attempts || ctx.done())
@@ -907,7 +907,7 @@ class outbound {
 
     /// Until every published message of the run is acknowledged or refused (the client times
     /// each out after ack_timeout; a second ack_timeout is the guard against a lost callback).
-    void await(const context& ctx, run_state& run, std::size_t n) {
+    void await(const context& ctx, run_state& run) {
         std::unique_lock lock(mutex_);
         const auto deadline = std::chrono::steady_clock::now() + 2 * options_.ack_timeout;
         (void)run.acked.wait_until(lock, ctx.token(), deadline, [&] { return run.awaited == 0; });
@@ -924,7 +924,6 @@ class outbound {
             }
         }
         run.awaited = 0;
-        (void)n;
     }
 
     /// The backoff before a retry; a store's close() that gives up waiting (the context's
